@@ -1,0 +1,1 @@
+"""Benchmarks run by `rlm-env bench`: quality (accuracy versus length) and perf (overhead)."""

@@ -1,0 +1,364 @@
+"""The episode: the one core contract every adapter (gymnasium, verifiers, trainers) wraps.
+
+An `Episode` is built from a `Task` and an `EpisodeConfig`, with a root model and a sub-model
+behind the `ModelClient` interface. Its life:
+
+1. `start()` writes the context once to a read-only file, starts a sandboxed REPL worker with
+   `context` bound, and builds the root prompt from metadata only. It returns the messages.
+2. `step(reply)` takes one root reply (a `Completion` from a model, or plain text from a person
+   or an adapter), runs every ```repl block in order, and returns the observation (one user
+   message holding every block's output) and whether the episode is over. Sub-calls made by the
+   code are routed by `SubCallRouter` under the shared budget.
+3. `run()` drives steps with the root model until the answer is set by code, a limit is hit, or
+   something fails; `finish()` closes the sandbox, settles the answer (confirmed, text fallback,
+   extracted from the REPL after a limit, or none), scores it with the rubric, and returns the
+   `EpisodeRecord`.
+
+Failures are sorted as they happen: a model that writes no code, broken code or a flood of output
+gets an observation and the episode goes on; an engine or sandbox failure stops it with
+`infra_failure` set, so no reward blames the model for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from rlm_env.episode.budget import BudgetLedger
+from rlm_env.episode.config import EpisodeConfig
+from rlm_env.episode.parsing import no_code_message, parse_reply
+from rlm_env.episode.prompt import build_root_messages, format_observation
+from rlm_env.episode.record import CellRecord, EpisodeRecord, ModelCall
+from rlm_env.episode.subcalls import CHILD_QUESTION, SubCallRouter
+from rlm_env.episode.transcript import RootTranscript
+from rlm_env.models.base import Completion, Message, ModelClient, count_tokens_fallback
+from rlm_env.sandbox import Sandbox, SandboxPool, prepare_context
+from rlm_env.tasks.base import Task
+
+
+@dataclass
+class StepResult:
+    observation: str
+    """The next user message (empty when the episode ended on an answer)."""
+    done: bool
+    stop_reason: str | None = None
+
+
+class Episode:
+    def __init__(
+        self,
+        task: Task,
+        config: EpisodeConfig,
+        root_model: ModelClient,
+        sub_model: ModelClient | None = None,
+        *,
+        episode_id: str | None = None,
+        ledger: BudgetLedger | None = None,
+        parent_call_id: str | None = None,
+        sandbox_pool: SandboxPool | None = None,
+        rubric: Any | None = None,
+    ):
+        self.task = task
+        self.config = config
+        self.root_model = root_model
+        self.sub_model = sub_model or root_model
+        self.episode_id = episode_id or uuid.uuid4().hex[:12]
+        self.ledger = ledger or BudgetLedger(config.budget)
+        self.depth = self.ledger.depth
+        self.parent_call_id = parent_call_id
+        self.sandbox_pool = sandbox_pool
+        self.rubric = rubric
+        self.current_root_call_id: str | None = None
+        self.sandbox: Sandbox | None = None
+        self.transcript: RootTranscript | None = None
+        self.done = False
+        self._last_answer_state: Any = None
+        self._started = 0.0
+        self.record = EpisodeRecord(
+            episode_id=self.episode_id,
+            depth=self.depth,
+            task=task.describe(),
+            config=config.model_dump(mode="json"),
+        )
+        self.router = SubCallRouter(self, self._run_child)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> list[Message]:
+        """Prepare the context and the sandbox; return the root model's first messages."""
+        self._started = time.monotonic()
+        self.record.started_at = time.time()
+        prepared = await asyncio.to_thread(prepare_context, self.task.context)
+        meta = _context_meta(prepared)
+        self.record.context_meta = meta
+        try:
+            if self.sandbox_pool is not None:
+                self.sandbox = await self.sandbox_pool.acquire(prepared, self.router)
+            else:
+                self.sandbox = await Sandbox.start(self.config.sandbox, prepared, self.router)
+        except Exception as e:  # noqa: BLE001 - any failure to start is the environment's
+            self.flag_infra(f"sandbox failed to start: {type(e).__name__}: {e}")
+            self.done = True
+            self.record.stop_reason = "sandbox_error"
+            return []
+        self.record.sandbox_mode = self.sandbox.mode
+        self.record.flags.sandbox_mode_warning = self.sandbox.mode_warning
+        messages = build_root_messages(self.task.question, meta, self.config)
+        tokenizer = getattr(self.root_model, "tokenizer", None)
+        if not getattr(self.root_model, "supports_token_prompts", False):
+            tokenizer = None
+        self.transcript = RootTranscript(messages, tokenizer)
+        return list(messages)
+
+    async def run(self) -> EpisodeRecord:
+        """Drive the episode with the root model until it stops; return the record."""
+        if self.transcript is None and not self.done:
+            await self.start()
+        while not self.done:
+            reason = self._pre_call_stop_reason()
+            if reason:
+                return await self.finish(reason)
+            completion = await self._call_root()
+            if completion is None:
+                return await self.finish("model_error")
+            result = await self.step(completion)
+            if result.done:
+                break
+        return await self.finish(self.record.stop_reason or "answer")
+
+    async def step(self, reply: Completion | str) -> StepResult:
+        """Apply one root reply. Text replies (from a person, an adapter) are wrapped as-is."""
+        if self.done:
+            raise RuntimeError("step() called on a finished episode")
+        assert self.transcript is not None and self.sandbox is not None
+        if isinstance(reply, str):
+            reply = self._record_external_reply(reply)
+        turn = self.ledger.root_turns
+        self.transcript.add_reply(reply)
+        if reply.finish_reason == "length" and self.config.stop_on_truncated_reply:
+            return self._end("truncated_reply")
+        parsed = parse_reply(reply.text)
+        sections: list[str] = []
+        answer_state = None
+        for index, code in enumerate(parsed.code_blocks):
+            try:
+                result = await self.sandbox.run_cell(code)
+            except Exception as e:  # noqa: BLE001 - the sandbox itself broke: infra, not the model
+                self.flag_infra(f"sandbox failed while running a cell: {type(e).__name__}: {e}")
+                return self._end("sandbox_error")
+            self.record.cells.append(
+                CellRecord(
+                    turn=turn,
+                    index=index,
+                    code=code,
+                    output=result.output,
+                    error=result.error,
+                    duration_s=round(result.duration_s, 5),
+                    truncated=result.truncated,
+                    chars_cut=result.chars_cut,
+                    timed_out=result.timed_out,
+                    worker_restarted=result.worker_restarted,
+                )
+            )
+            sections.append(_describe_cell(index, len(parsed.code_blocks), result))
+            answer_state = result.answer
+        if answer_state is not None:
+            self._last_answer_state = answer_state
+            if answer_state.ready:
+                self._set_answer("confirmed", answer_state.content, answer_state.via)
+                return self._end("answer")
+            if answer_state.error:
+                sections.append(f"[answer not accepted] {answer_state.error}")
+        if not parsed.code_blocks:
+            if parsed.text_final is not None:
+                self._set_answer("fallback_text", parsed.text_final, "text_FINAL")
+                return self._end("answer")
+            if parsed.text_final_var is not None:
+                found, value = await self.sandbox.lookup_variable(parsed.text_final_var)
+                if found:
+                    self._set_answer("fallback_text", value, "text_FINAL_VAR")
+                    return self._end("answer")
+                sections.append(f"FINAL_VAR: no variable named {parsed.text_final_var!r} in the REPL.")
+            else:
+                sections.append(no_code_message(parsed))
+        elif parsed.unclosed_repl_block:
+            sections.append("(An unclosed ```repl block at the end of your reply was not run.)")
+        turns_left = self.config.budget.max_root_turns - self.ledger.root_turns
+        observation = format_observation(sections, turns_left)
+        self.transcript.add_observation(observation)
+        return StepResult(observation, done=False)
+
+    async def finish(self, stop_reason: str) -> EpisodeRecord:
+        """Close the sandbox, settle the answer and rewards; idempotent."""
+        if self.record.stop_reason is None:
+            self.record.stop_reason = stop_reason  # type: ignore[assignment]
+        self.done = True
+        if self.record.answer.status == "none" and self.sandbox is not None:
+            state = self._last_answer_state
+            if state is not None and state.content is not None and not state.error:
+                # A run that hit its limits with an answer written but never confirmed.
+                self._set_answer("extracted", state.content, state.via or "answer_dict")
+        await self.close()
+        flags = self.record.flags
+        flags.model_failure = self.record.answer.status == "none" and not flags.infra_failure
+        self.record.budget = self.ledger.snapshot()
+        if self.transcript is not None:
+            self.record.root_sample = self.transcript.sample
+        self.record.wall_time_s = round(time.monotonic() - self._started, 4) if self._started else 0.0
+        if self.rubric is not None and not self.record.rewards:
+            self.record.rewards = await self.rubric.score(self.record, self.task, judge=self.sub_model)
+        return self.record
+
+    async def close(self) -> None:
+        if self.sandbox is not None:
+            sandbox, self.sandbox = self.sandbox, None
+            await sandbox.close()
+
+    async def __aenter__(self) -> Episode:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- used by the router and adapters ------------------------------------------------------
+    def flag_infra(self, message: str) -> None:
+        self.record.flags.infra_failure = True
+        self.record.flags.infra_errors.append(message)
+
+    @property
+    def messages(self) -> list[Message]:
+        return list(self.transcript.messages) if self.transcript else []
+
+    # -- internals ------------------------------------------------------------------------------
+    def _pre_call_stop_reason(self) -> str | None:
+        assert self.transcript is not None
+        return self.ledger.root_stop_reason(
+            self.transcript.prompt_length(), self.config.root_sampling.max_tokens
+        )
+
+    async def _call_root(self) -> Completion | None:
+        assert self.transcript is not None
+        call_id = f"root-{self.ledger.root_turns}"
+        sampling = self.config.root_sampling.to_params()
+        room = self.config.budget.context_window - self.transcript.prompt_length()
+        sampling = sampling.replace(max_tokens=max(1, min(sampling.max_tokens, room)))
+        started = time.monotonic()
+        try:
+            completion = await asyncio.wait_for(
+                self.root_model.generate(
+                    self.transcript.messages,
+                    sampling,
+                    prompt_token_ids=self.transcript.prompt_token_ids(),
+                    session_id=self.episode_id,
+                ),
+                timeout=max(1.0, self.ledger.pool.seconds_left()),
+            )
+        except Exception as e:  # noqa: BLE001 - root engine failures are infrastructure
+            self.flag_infra(f"root model call {call_id} failed: {type(e).__name__}: {e}")
+            self.record.calls.append(
+                ModelCall(id=call_id, role=self._role(), depth=self.depth, error=str(e), finish_reason="error")
+            )
+            return None
+        self.record.model_time_s += time.monotonic() - started
+        self._append_root_call(call_id, completion)
+        return completion
+
+    def _record_external_reply(self, text: str) -> Completion:
+        completion = Completion(text=text, finish_reason="stop", model="external")
+        self._append_root_call(f"root-{self.ledger.root_turns}", completion)
+        return completion
+
+    def _append_root_call(self, call_id: str, c: Completion) -> None:
+        assert self.transcript is not None
+        prompt_tokens = c.num_prompt_tokens or self.transcript.prompt_length()
+        completion_tokens = c.num_completion_tokens or count_tokens_fallback(c.text)
+        self.ledger.add_root_call(prompt_tokens, completion_tokens)
+        self.current_root_call_id = call_id
+        self.record.calls.append(
+            ModelCall(
+                id=call_id,
+                role=self._role(),
+                depth=self.depth,
+                parent_id=self.parent_call_id,
+                messages=[dict(m) for m in self.transcript.messages] if self.depth == 0 else None,
+                completion_text=c.text,
+                prompt_token_ids=c.prompt_token_ids,
+                completion_token_ids=c.completion_token_ids,
+                logprobs=c.logprobs,
+                finish_reason=c.finish_reason,
+                model=c.model,
+                weight_version=c.weight_version,
+                replica=c.replica,
+                latency_s=round(c.latency_s, 4),
+                num_prompt_tokens=prompt_tokens,
+                num_completion_tokens=completion_tokens,
+            )
+        )
+
+    def _role(self) -> str:
+        return "root" if self.depth == 0 else "child"
+
+    def _set_answer(self, status: str, content: Any, via: str | None) -> None:
+        self.record.answer.status = status  # type: ignore[assignment]
+        self.record.answer.content = content
+        self.record.answer.via = via
+
+    def _end(self, reason: str) -> StepResult:
+        self.record.stop_reason = reason  # type: ignore[assignment]
+        self.done = True
+        return StepResult("", done=True, stop_reason=reason)
+
+    async def _run_child(self, prompt: str) -> str:
+        """rlm_query: a child RLM whose context is the prompt, spending the shared budget."""
+        index = len(self.record.children) + 1
+        child_task = Task(id=f"{self.task.id}/child-{index}", context=prompt, question=CHILD_QUESTION)
+        child = Episode(
+            child_task,
+            self.config,
+            self.root_model,
+            self.sub_model,
+            episode_id=f"{self.episode_id}/child-{index}",
+            ledger=self.ledger.child(),
+            parent_call_id=self.current_root_call_id,
+        )
+        record = await child.run()
+        self.record.children.append(record)
+        pool = self.ledger.pool
+        pool.add_sub_tokens(record.budget.get("root_prompt_tokens", 0), record.budget.get("root_completion_tokens", 0))
+        if record.flags.infra_failure:
+            self.flag_infra(f"child episode {index} hit an infrastructure failure")
+        if record.answer.status == "none":
+            raise RuntimeError(f"the child RLM ended without an answer (stop reason: {record.stop_reason})")
+        content = record.answer.content
+        return content if isinstance(content, str) else str(content)
+
+
+def _context_meta(prepared: Any) -> dict[str, Any]:
+    """What the root prompt and the record say about the context (never its content)."""
+    return {
+        "type_name": prepared.type_name,
+        "length": prepared.length,
+        "size_bytes": prepared.size_bytes,
+        "item_lengths": list(prepared.item_lengths or []),
+        "prefix": prepared.prefix,
+        "sha256": prepared.sha256,
+    }
+
+
+def _describe_cell(index: int, total: int, result: Any) -> str:
+    """One cell's part of the observation."""
+    head = f"[repl block {index + 1} of {total}]" if total > 1 else "[repl output]"
+    parts = [head]
+    if result.output:
+        parts.append(result.output.rstrip("\n"))
+    if result.error:
+        parts.append(f"Error: {result.error}")
+    if result.timed_out:
+        parts.append("(the cell was stopped: it ran past the per-cell time limit)")
+    if result.worker_restarted:
+        parts.append("(the REPL worker had to be restarted: all variables were lost; `context` is reloaded)")
+    if not result.output and not result.error:
+        parts.append("(no output)")
+    return "\n".join(parts)

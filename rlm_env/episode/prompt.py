@@ -1,0 +1,76 @@
+"""The root prompt: metadata about the context, never the context itself.
+
+The root model sees a constant-size description (question, the type of `context`, its total
+length, per-item lengths for a list or dict, a short prefix), the REPL's names and the budgets.
+However long the context is, this prompt stays the same size: that is the whole point of an RLM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlm_env.episode.config import EpisodeConfig
+
+SYSTEM_PROMPT = """You answer a question about a long input that you cannot read directly.
+The input is stored in a Python REPL as the variable `context`. Write Python code in ```repl
+blocks; each block runs in the same persistent REPL and you see its (truncated) output.
+
+Available in the REPL:
+- `context`: the input ({context_type}).
+- `llm_query(prompt) -> str`: ask a language model about a piece of text (it cannot see `context`
+  unless you put text into the prompt).
+- `llm_batch(prompts) -> list[str]`: many llm_query calls in parallel, results in order.
+- `rlm_query(prompt) -> str`: hand a sub-problem to a recursive copy of you.
+- `SHOW_VARS()`: list your variables.
+- `FINAL(value)`: give your final answer from code; `FINAL_VAR("name")` answers with a variable.
+A failed sub-call raises `SubCallError`.
+
+Budgets: {max_turns} replies, {max_sub_calls} sub-calls, each cell stops after {cell_timeout}s, and
+output is cut to {max_output} characters. Look at the data with code (slicing, search, regex)
+before calling models; call FINAL(...) inside a ```repl block as soon as you know the answer.
+
+Example:
+```repl
+print(len(context), context[:200])
+```"""
+
+
+def context_description(meta: dict[str, Any], max_items_listed: int = 20) -> str:
+    """Describe `context` from its metadata: type, total length, item lengths, a prefix."""
+    type_name = meta.get("type_name", "str")
+    length = meta.get("length", 0)
+    size_bytes = meta.get("size_bytes", 0)
+    lines = [f"`context` is a {type_name}"]
+    if type_name == "str":
+        lines[0] += f" of {length:,} characters ({size_bytes:,} bytes)."
+    else:
+        lines[0] += f" with {length:,} items ({size_bytes:,} bytes as JSON)."
+        item_lengths = meta.get("item_lengths") or []
+        if item_lengths:
+            shown = ", ".join(f"{n:,}" for n in item_lengths[:max_items_listed])
+            more = f", ... ({len(item_lengths) - max_items_listed} more)" if len(item_lengths) > max_items_listed else ""
+            lines.append(f"Item lengths in characters: {shown}{more}.")
+    prefix = meta.get("prefix", "")
+    if prefix:
+        lines.append(f"It begins with:\n<<<\n{prefix}\n>>>")
+    return "\n".join(lines)
+
+
+def build_root_messages(question: str, meta: dict[str, Any], config: EpisodeConfig) -> list[dict[str, str]]:
+    """The first two messages of every root transcript."""
+    template = config.system_prompt or SYSTEM_PROMPT
+    system = template.format(
+        context_type=meta.get("type_name", "str"),
+        max_turns=config.budget.max_root_turns,
+        max_sub_calls=config.budget.max_sub_calls,
+        cell_timeout=config.sandbox.cell_timeout_s,
+        max_output=config.sandbox.max_output_chars,
+    )
+    user = f"{context_description(meta)}\n\nQuestion: {question}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def format_observation(sections: list[str], turns_left: int) -> str:
+    """Join the outputs of one reply's cells into the next user message."""
+    body = "\n\n".join(sections) if sections else "(no output)"
+    return f"{body}\n\n[{turns_left} replies left]"

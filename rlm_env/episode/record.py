@@ -1,0 +1,200 @@
+"""The trajectory record: everything an episode did, in one versioned JSON object.
+
+This is the contract between the environment and everything downstream (trainers, rewards,
+collection, the viewer). One episode = one `EpisodeRecord`, written as one JSON line. It holds:
+
+- the task (by description, never the context itself) and the config it ran under;
+- every model call (`ModelCall`): root turns, sub-calls and child-episode turns, each with its
+  role, depth, parent, messages, exact prompt/completion token ids, logprobs and finish reason;
+- the root sample (`RootSample`): the append-only root transcript as one token sequence with a
+  loss mask (1 on tokens the root model sampled, 0 on prompt/REPL tokens) and aligned logprobs,
+  which is exactly what a trainer needs, with no re-rendering of the chat;
+- every executed cell (`CellRecord`), the answer and how it was obtained, the stop reason, the
+  budget ledger, flags separating infrastructure failures from model failures, and rewards.
+
+Bump `SCHEMA_VERSION` on any incompatible change; readers check it (`check_record`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+Role = Literal["root", "sub", "child"]
+AnswerStatus = Literal["confirmed", "fallback_text", "extracted", "none"]
+StopReason = Literal[
+    "answer",
+    "max_turns",
+    "max_root_tokens",
+    "context_window",
+    "wall_clock",
+    "model_error",
+    "sandbox_error",
+    "truncated_reply",
+    "aborted",
+]
+
+
+class ModelCall(BaseModel):
+    """One call to a model, root or sub or child."""
+
+    id: str
+    """Unique within the episode tree, e.g. "root-3", "sub-17", "child-1/root-0"."""
+    role: Role
+    depth: int
+    """0 for the root episode; child episodes run at depth + 1."""
+    parent_id: str | None = None
+    """For sub-calls: the root call whose code issued it. For child turns: the parent's call."""
+    messages: list[dict[str, str]] | None = None
+    """The chat messages sent (root calls keep them; sub-calls keep them when configured)."""
+    completion_text: str = ""
+    prompt_token_ids: list[int] | None = None
+    completion_token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    finish_reason: str = ""
+    model: str = ""
+    weight_version: int | None = None
+    replica: str | None = None
+    latency_s: float = 0.0
+    num_prompt_tokens: int = 0
+    num_completion_tokens: int = 0
+    error: str | None = None
+    """Set when the call failed (an infrastructure failure); the text is empty then."""
+
+
+class RootSample(BaseModel):
+    """The root transcript as one training sample (append-only, exact sampled ids)."""
+
+    token_ids: list[int] = Field(default_factory=list)
+    loss_mask: list[int] = Field(default_factory=list)
+    """1 where the root model sampled the token, 0 for prompt, REPL output and template tokens."""
+    logprobs: list[float] = Field(default_factory=list)
+    """Sampling logprob for masked-in tokens, 0.0 elsewhere; aligned with token_ids."""
+    consistent: bool = True
+    """False if the engine's prompt ids ever disagreed with the transcript built so far
+    (retokenization drift); the sample is then still the engine's own ids, but a trainer may
+    want to drop it."""
+    available: bool = False
+    """False when the root engine did not return token ids (e.g. scripted policy)."""
+
+
+class CellRecord(BaseModel):
+    """One executed ```repl block."""
+
+    turn: int
+    index: int
+    """Position of the block within its reply."""
+    code: str
+    output: str
+    error: str | None = None
+    duration_s: float = 0.0
+    truncated: bool = False
+    chars_cut: int = 0
+    timed_out: bool = False
+    worker_restarted: bool = False
+
+
+class AnswerRecord(BaseModel):
+    status: AnswerStatus = "none"
+    """confirmed: set by executed code; fallback_text: FINAL(...) in prose; extracted: taken
+    from the REPL after the run hit a limit; none: no answer."""
+    content: Any = None
+    via: str | None = None
+    """How it was set: "FINAL", "FINAL_VAR", "answer_dict", "text_FINAL", "text_FINAL_VAR"."""
+
+
+class Flags(BaseModel):
+    """Who is to blame when something went wrong."""
+
+    infra_failure: bool = False
+    """The environment failed (engine down, sandbox crashed): not the model's fault."""
+    infra_errors: list[str] = Field(default_factory=list)
+    model_failure: bool = False
+    """The model failed on its own (no answer, broke the rules)."""
+    sandbox_mode_warning: str | None = None
+    """Set when the sandbox ran without bwrap isolation."""
+
+
+class EpisodeRecord(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    episode_id: str
+    depth: int = 0
+    task: dict[str, Any]
+    config: dict[str, Any]
+    context_meta: dict[str, Any] = Field(default_factory=dict)
+    sandbox_mode: str = ""
+    calls: list[ModelCall] = Field(default_factory=list)
+    cells: list[CellRecord] = Field(default_factory=list)
+    root_sample: RootSample = Field(default_factory=RootSample)
+    answer: AnswerRecord = Field(default_factory=AnswerRecord)
+    stop_reason: StopReason | None = None
+    budget: dict[str, Any] = Field(default_factory=dict)
+    """Every limit and every figure spent (see `episode.budget.BudgetLedger.snapshot`)."""
+    flags: Flags = Field(default_factory=Flags)
+    rewards: dict[str, float] = Field(default_factory=dict)
+    """Reward components and the weighted total ("reward"), filled in by a rubric."""
+    children: list[EpisodeRecord] = Field(default_factory=list)
+    """Child episodes started by rlm_query, in order."""
+    started_at: float = 0.0
+    wall_time_s: float = 0.0
+    model_time_s: float = 0.0
+    """Wall time spent waiting on root-model calls (sub-calls are inside cells)."""
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def check_record(data: dict[str, Any]) -> EpisodeRecord:
+    """Parse one record, refusing a schema version this code does not know."""
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"trajectory schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+    return EpisodeRecord.model_validate(data)
+
+
+class TrajectoryWriter:
+    """Appends records as JSON lines, flushing and fsyncing each so a crash loses nothing
+    already written. Raises OSError (e.g. disk full) to the caller, who decides what to do."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: EpisodeRecord) -> None:
+        line = record.to_json() + "\n"
+        self._file.write(line)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> TrajectoryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(path: str | os.PathLike[str]) -> list[EpisodeRecord]:
+    """Read every complete record; a torn last line (crash mid-write) is skipped."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records.append(check_record(data))
+    return records

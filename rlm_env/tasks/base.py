@@ -1,0 +1,75 @@
+"""What a task is: the unit an episode is built from.
+
+A task is data (a context and a question), the expected answer when one is known, and the
+name of the scorer that compares an answer with it (see `rewards.scorers`). Generators in this
+package return tasks; user datasets load into the same shape. The context is one of:
+
+- `str`: a long text, delivered to the REPL as a UTF-8 file and bound to `context` as a str;
+- `list` of str (chunks) or any JSON-able list/dict: delivered as JSON, bound as list/dict;
+- `ContextDir(path)`: a directory of text files, delivered as a dict {relative path: text}.
+
+Large generated contexts can also be given as `ContextFile(path, kind)`, a file already on
+disk, so a 10M-token context never has to live in the host's memory as a Python object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class ContextDir:
+    """A directory of text files used as the context (delivered as {relpath: text})."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class ContextFile:
+    """A context already written to disk: `kind="text"` (UTF-8) or `kind="json"`."""
+
+    path: Path
+    kind: Literal["text", "json"] = "text"
+
+
+ContextValue = str | list | dict | ContextDir | ContextFile
+
+
+@dataclass
+class Task:
+    """One episode's worth of work."""
+
+    id: str
+    """Stable identifier (family, split, seed, length), used for resuming and grouping."""
+    context: ContextValue
+    """The long input; never shown to the root model, only bound in its REPL."""
+    question: str
+    """What the root model must answer."""
+    expected_answer: Any = None
+    """The reference answer, when known (None for unlabeled collection)."""
+    scorer: str | None = None
+    """Name of the scorer in `rewards.scorers.SCORERS` (e.g. "exact", "numeric", "pair_f1")."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Family, split, seed, length in tokens, difficulty knobs: anything worth logging."""
+
+    def describe(self) -> dict[str, Any]:
+        """The task as written into the trajectory record (context by reference, not value)."""
+        return {
+            "id": self.id,
+            "question": self.question,
+            "expected_answer": self.expected_answer,
+            "scorer": self.scorer,
+            "metadata": self.metadata,
+            "context_type": context_type_name(self.context),
+        }
+
+
+def context_type_name(context: ContextValue) -> str:
+    """The type the REPL's `context` variable will have, as a short name."""
+    if isinstance(context, ContextDir):
+        return "dict"
+    if isinstance(context, ContextFile):
+        return "str" if context.kind == "text" else "json"
+    return type(context).__name__

@@ -1,0 +1,72 @@
+"""From episode records to training samples.
+
+A trainer trains on exactly what was sampled: the root transcript's token ids with its loss
+mask (1 on sampled tokens), the sampling logprobs (for importance ratios), and one scalar
+advantage per episode. Advantages here are GRPO's group-relative ones without std scaling
+(reward minus the group mean, the DR-GRPO choice), with groups keyed by task id.
+
+Episodes are dropped, never scored, when they cannot teach anything true: an infrastructure
+failure (the environment's fault), a root transcript without engine token ids, or one whose ids
+drifted from what the engine consumed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+
+from rlm_env.episode.record import EpisodeRecord
+
+
+@dataclass
+class TrainingSample:
+    episode_id: str
+    group: str
+    token_ids: list[int]
+    loss_mask: list[int]
+    logprobs: list[float]
+    reward: float
+    advantage: float = 0.0
+
+
+def group_advantages(rewards: list[float]) -> list[float]:
+    """Reward minus the group mean (no division by std)."""
+    if not rewards:
+        return []
+    mean = statistics.fmean(rewards)
+    return [r - mean for r in rewards]
+
+
+def samples_from_records(records: list[EpisodeRecord]) -> tuple[list[TrainingSample], dict[str, int]]:
+    """Samples with advantages, and counts of what was dropped and why."""
+    dropped: dict[str, int] = defaultdict(int)
+    groups: dict[str, list[TrainingSample]] = defaultdict(list)
+    for r in records:
+        if r.flags.infra_failure:
+            dropped["infra_failure"] += 1
+            continue
+        sample = r.root_sample
+        if not sample.available or not sample.token_ids:
+            dropped["no_token_ids"] += 1
+            continue
+        if not sample.consistent:
+            dropped["inconsistent_ids"] += 1
+            continue
+        group = r.task.get("id", r.episode_id)
+        groups[group].append(
+            TrainingSample(
+                episode_id=r.episode_id,
+                group=group,
+                token_ids=list(sample.token_ids),
+                loss_mask=list(sample.loss_mask),
+                logprobs=list(sample.logprobs),
+                reward=float(r.rewards.get("reward", 0.0)),
+            )
+        )
+    out: list[TrainingSample] = []
+    for members in groups.values():
+        for s, adv in zip(members, group_advantages([m.reward for m in members]), strict=True):
+            s.advantage = adv
+            out.append(s)
+    return out, dict(dropped)
