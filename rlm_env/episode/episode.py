@@ -75,7 +75,6 @@ class Episode:
         self.sandbox: Sandbox | None = None
         self.transcript: RootTranscript | None = None
         self.done = False
-        self._last_answer_state: Any = None
         self._started = 0.0
         self.record = EpisodeRecord(
             episode_id=self.episode_id,
@@ -165,7 +164,6 @@ class Episode:
             sections.append(_describe_cell(index, len(parsed.code_blocks), result))
             answer_state = result.answer
         if answer_state is not None:
-            self._last_answer_state = answer_state
             if answer_state.ready:
                 self._set_answer("confirmed", answer_state.content, answer_state.via)
                 return self._end("answer")
@@ -196,10 +194,7 @@ class Episode:
             self.record.stop_reason = stop_reason  # type: ignore[assignment]
         self.done = True
         if self.record.answer.status == "none" and self.sandbox is not None:
-            state = self._last_answer_state
-            if state is not None and state.content is not None and not state.error:
-                # A run that hit its limits with an answer written but never confirmed.
-                self._set_answer("extracted", state.content, state.via or "answer_dict")
+            await self._extract_answer()
         await self.close()
         flags = self.record.flags
         flags.model_failure = self.record.answer.status == "none" and not flags.infra_failure
@@ -296,6 +291,16 @@ class Episode:
                 num_completion_tokens=completion_tokens,
             )
         )
+
+    async def _extract_answer(self) -> None:
+        """A run that hit its limits with an answer written into `answer["content"]` but never
+        confirmed: keep it, marked as extracted (never as confirmed)."""
+        try:
+            found, value = await self.sandbox.lookup_variable("answer")
+        except Exception:  # noqa: BLE001 - extraction is best effort; the stop reason stands
+            return
+        if found and isinstance(value, dict) and value.get("content") is not None:
+            self._set_answer("extracted", value["content"], "answer_dict")
 
     def _role(self) -> str:
         return "root" if self.depth == 0 else "child"

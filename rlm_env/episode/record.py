@@ -144,7 +144,9 @@ class EpisodeRecord(BaseModel):
     started_at: float = 0.0
     wall_time_s: float = 0.0
     model_time_s: float = 0.0
-    """Wall time spent waiting on root-model calls (sub-calls are inside cells)."""
+    """Wall time spent waiting on root-model calls."""
+    subcall_time_s: float = 0.0
+    """Wall time the REPL spent blocked on sub-calls (llm_query, llm_batch, rlm_query)."""
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -34,6 +34,13 @@ class SubCallRouter:
         self._count = 0
 
     async def __call__(self, fn: str, args: dict[str, Any]) -> Any:
+        started = time.monotonic()
+        try:
+            return await self._dispatch(fn, args)
+        finally:
+            self.episode.record.subcall_time_s += time.monotonic() - started
+
+    async def _dispatch(self, fn: str, args: dict[str, Any]) -> Any:
         if fn == "llm_query":
             return await self.llm_query(_prompt(args.get("prompt")), _sampling(args.get("sampling")))
         if fn == "llm_batch":
