@@ -171,7 +171,7 @@ def summarize(records: list[EpisodeRecord]) -> list[dict[str, Any]]:
         rows.append({
             "length": label,
             "episodes": len(group),
-            "accuracy": mean([r.rewards.get("score", 0.0) for r in group]),
+            "accuracy": mean([r.rewards.get("correctness", 0.0) for r in group]),
             "answered": mean([1.0 if r.answer.status != "none" else 0.0 for r in group]),
             "mean_turns": mean([r.budget.get("root_turns", 0) for r in group]),
             "mean_sub_calls": mean([r.budget.get("sub_calls", 0) for r in group]),

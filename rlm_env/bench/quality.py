@@ -87,7 +87,7 @@ def table_rows(rlm_records: list[Any], plain: list[dict[str, Any]], lengths: lis
         rows.append({
             "length": label,
             "tokens": rl[0].task["metadata"].get("length_tokens") if rl else None,
-            "rlm_score": mean([r.rewards.get("score", 0.0) for r in rl]),
+            "rlm_score": mean([r.rewards.get("correctness", 0.0) for r in rl]),
             "plain_score": mean([p["score"] for p in pl]),
             "rlm_tokens_per_episode": mean([
                 r.budget.get("root_prompt_tokens", 0) + r.budget.get("root_completion_tokens", 0)
