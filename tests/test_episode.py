@@ -9,7 +9,14 @@ import json
 
 import pytest
 
-from rlm_env.episode import Episode, EpisodeConfig, EpisodeRecord, TrajectoryWriter, check_record, read_records
+from rlm_env.episode import (
+    Episode,
+    EpisodeConfig,
+    EpisodeRecord,
+    TrajectoryWriter,
+    check_record,
+    read_records,
+)
 from rlm_env.episode.config import config_from_dict, load_config
 from rlm_env.models.base import Completion
 from rlm_env.models.scripted import ScriptedPolicy

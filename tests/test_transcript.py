@@ -8,8 +8,8 @@ import pytest
 from rlm_env.episode import Episode
 from rlm_env.episode.config import config_from_dict
 from rlm_env.tasks.base import Task
-from training import samples_from_records
 from tests.fakes import TokenizerBackedPolicy, UpperCaseSubModel, repl
+from training import samples_from_records
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,9 @@ class BudgetConfig(_Frozen):
     """Prompt + completion tokens of all sub-calls over the whole episode tree."""
     max_concurrent_sub_calls: int = Field(16, gt=0)
     """Sub-calls in flight at once for this episode tree (llm_batch fans out up to this)."""
+    sub_call_timeout_s: float = Field(300.0, gt=0)
+    """One sub-call that takes longer than this fails as an infrastructure error (a hung engine
+    must not hold the episode until its wall clock runs out)."""
     max_sub_prompt_chars: int = Field(200_000, gt=0)
     """Longest prompt one sub-call may send; longer ones raise SubCallError in the REPL."""
     max_depth: int = Field(1, ge=0)

@@ -159,8 +159,13 @@ class Episode:
                     chars_cut=result.chars_cut,
                     timed_out=result.timed_out,
                     worker_restarted=result.worker_restarted,
+                    exit_signal=result.exit_signal,
                 )
             )
+            if result.exit_signal == 9:
+                self.record.flags.infra_suspected.append(
+                    f"turn {turn}, block {index + 1}: the REPL worker was killed by SIGKILL"
+                )
             sections.append(_describe_cell(index, len(parsed.code_blocks), result))
             answer_state = result.answer
         if answer_state is not None:

@@ -98,6 +98,7 @@ class CellRecord(BaseModel):
     chars_cut: int = 0
     timed_out: bool = False
     worker_restarted: bool = False
+    exit_signal: int | None = None
 
 
 class AnswerRecord(BaseModel):
@@ -115,6 +116,11 @@ class Flags(BaseModel):
     infra_failure: bool = False
     """The environment failed (engine down, sandbox crashed): not the model's fault."""
     infra_errors: list[str] = Field(default_factory=list)
+    infra_suspected: list[str] = Field(default_factory=list)
+    """Events that may be the environment's fault but cannot be told apart from the model's:
+    a REPL worker killed by SIGKILL that the host did not send (the host's OOM killer, an
+    operator, or the worker's own CPU-time limit). Not counted as infra_failure, so a policy
+    cannot dodge its reward this way; trainers may choose to drop such episodes."""
     model_failure: bool = False
     """The model failed on its own (no answer, broke the rules)."""
     sandbox_mode_warning: str | None = None
@@ -167,6 +173,7 @@ class TrajectoryWriter:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: EpisodeRecord) -> None:
@@ -184,6 +191,32 @@ class TrajectoryWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """A process killed mid-write leaves a last line without its newline; appending after it
+    would glue the next record onto the fragment. Cut the fragment off before appending."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Walk back to the last newline (records are at most a few MB; read in blocks).
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return
+            end = start
+        f.truncate(0)
 
 
 def read_records(path: str | os.PathLike[str]) -> list[EpisodeRecord]:

@@ -100,12 +100,17 @@ class SubCallRouter:
         started = time.monotonic()
         async with pool:
             try:
-                timeout = max(1.0, pool.seconds_left())
+                timeout = max(0.1, min(ep.config.budget.sub_call_timeout_s, pool.seconds_left()))
                 completion = await asyncio.wait_for(ep.sub_model.generate(messages, params), timeout)
             except (ModelError, TimeoutError) as e:
                 pool.sub_calls_failed += 1
-                message = f"sub-call {call_id} failed (infrastructure): {e or type(e).__name__}"
-                ep.flag_infra(message)
+                if isinstance(e, TimeoutError) and pool.seconds_left() <= 0:
+                    # The episode's own clock ran out: a budget stop, not the engine's fault.
+                    message = f"sub-call {call_id} stopped: the episode's wall-clock budget is spent"
+                else:
+                    why = f"no reply within {timeout:.0f} s" if isinstance(e, TimeoutError) else str(e)
+                    message = f"sub-call {call_id} failed (infrastructure): {why}"
+                    ep.flag_infra(message)
                 ep.record.calls.append(self._call_record(call_id, messages, None, started, error=message))
                 raise RuntimeError(message) from None
         prompt_tokens = completion.num_prompt_tokens or count_tokens_fallback(prompt)

@@ -1,0 +1,111 @@
+"""The REPL sandbox: where model-written code runs. Threat model first.
+
+The adversary is the code a policy writes into ```repl blocks: assume it is trying to escape,
+whether by accident (RL finds every hole) or by design. What it may harm is its own episode;
+what it must not harm is the host (the trainer, the engines, other episodes, the machine).
+
+WHAT THE SANDBOX GUARANTEES (bwrap mode, x86_64 Linux, host running as root), each claim proven
+by the tests named after it in tests/test_escape.py (and tests/test_sandbox_pool.py):
+
+1. Host files are out of sight. The worker's root is an empty tmpfs holding, read-only, only the
+   interpreter's lib/ tree and executable (under /opt/rlm/python), the environment's
+   site-packages (/opt/rlm/site-packages, if `allow_site_packages`), /usr/lib(64) and the loader
+   cache. No /etc files, /root, /home, /work, /usr/bin, /bin, the project or the context store.
+   [test_cannot_read_host_files, test_cannot_read_a_planted_secret,
+   test_home_and_work_dirs_are_absent, test_host_mounts_are_invisible]
+2. Nothing is writable but a private, size-capped /tmp (one per sandbox), and no file may exceed
+   `max_file_size_mb`. [test_cannot_write_outside_tmp, test_tmp_is_private_per_sandbox,
+   test_tmp_and_file_sizes_are_bounded]
+3. The context is read-only and private. The worker receives one O_RDONLY descriptor, never a
+   path or a directory, reads it (or maps it copy-on-write) and closes it; the shared
+   content-addressed file cannot be changed, not even by writing into the `context` str that
+   shares its pages, and another episode's context cannot be found. Symlinks in a ContextDir are
+   never followed. [test_context_file_cannot_be_modified, test_cannot_find_another_episodes_context,
+   test_writing_into_a_shared_context_str_stays_private, test_symlinks_in_a_context_dir_are_not_followed]
+4. No network: a fresh network namespace (its loopback is down, abstract Unix sockets are per
+   namespace), and seccomp refuses every socket family but AF_UNIX. [test_no_tcp_to_a_host_listener
+   (with and without seccomp), test_no_dns_and_no_inet6, test_no_abstract_unix_socket_to_the_host]
+5. No programs and no processes: seccomp refuses execve/execveat, fork, vfork and clone without
+   CLONE_THREAD; threads (and, without seccomp, processes) are capped by RLIMIT_NPROC, which
+   the kernel enforces because each sandbox runs as a uid of its own (it does not for root).
+   [test_cannot_start_programs, test_huge_argv_exec_is_harmless, test_thread_bomb_is_bounded,
+   test_fork_bomb_is_bounded_even_without_seccomp]
+6. No privileges: user code runs as that unprivileged uid with no capabilities, no_new_privs, and
+   mount/unshare/setns/chroot/pivot_root, ptrace, bpf, keyctl, io_uring, open_by_handle_at,
+   perf_event_open, module and kexec calls refused by seccomp. [test_no_privileges_left,
+   test_ctypes_syscalls_are_denied, test_ptrace_fails]
+7. Host processes are out of reach: a pid namespace hides them (/proc shows only the sandbox's
+   own init and worker), so they cannot be signalled or traced. [test_host_pids_are_invisible_in_proc,
+   test_cannot_signal_host_processes]
+8. Resources are bounded: address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU), wall time per cell
+   (an in-worker timer, then a host deadline that kills), open files, file size, /tmp size, the
+   captured output (head + tail in the worker, re-cut on the host), and fd 1/2 (drained into a
+   64 KiB ring). [test_memory_bomb_is_contained, test_cpu_time_limit_kills_a_spinning_worker,
+   test_infinite_loop_is_stopped, test_disabling_the_timer_only_earns_a_restart,
+   test_fd_exhaustion_is_bounded, test_flooding_stdout_is_bounded, test_tmp_and_file_sizes_are_bounded]
+9. The host reads only JSON. Frames are length-prefixed JSON under a 64 MiB cap, parsed with
+   json.loads and nothing else; anything malformed is a protocol violation that kills and
+   restarts the worker. Sub-calls reach a model only through the host's handler, which sees
+   every request, forged ones included, after host-side argument checks. Answers are re-checked.
+   [test_forged_call_frames_only_reach_the_handler, test_garbage_frames_are_protocol_violations,
+   test_pickle_and_marshal_payloads_are_never_loaded, test_exploding_answer_object]
+10. No host secrets in the environment (it is rebuilt from scratch, without PATH), and /dev holds
+   only null, zero, full, random, urandom, tty, a pty pair, shm (not writable) and the fd links. [test_environment_is_scrubbed,
+   test_dev_is_minimal]
+11. Nothing survives `close()`, nor a crash of the host: the worker is the init of its pid
+   namespace, so when it dies the kernel kills everything inside; `close()` kills it (by pidfd),
+   then bwrap's process group, then anything left under the sandbox's uid; and a watchdog thread
+   in the worker exits the moment the host's end of the socket closes. [test_nothing_survives_close,
+   test_a_crashed_host_leaves_nothing_behind, test_close_leaves_no_process]
+12. Whatever the code does, the host gets a `CellResult` and goes on: crashes, timeouts and
+   violations become a restart on the same context, flagged in the result. (Every escape test
+   ends by checking the host process, a canary process, host forking and a working sandbox.)
+
+WHAT IT DOES NOT GUARANTEE
+
+- Kernel bugs: the kernel is shared (this is not a VM). seccomp shrinks the surface; it does not
+  remove it.
+- Side and covert channels: timing, caches, CPU load, and what /proc and uname tell anyone: the
+  kernel version, CPU model, host memory totals, and host path names: of the bound interpreter
+  and site-packages (/proc/self/mountinfo) and of its own context file (/proc/self/maps, when it
+  is mapped). Names only: none of those paths is reachable. The installed packages are readable
+  by design.
+- Fair sharing: there are no cgroup quotas. A worker may keep a core busy for a whole cell (its
+  threads more than one), and a full /tmp is host memory (`tmp_size_mb` per sandbox).
+- The episode itself: the model's code may break its own REPL, redefine the helpers, forge its
+  own results and answers; only its own reward can suffer. Sub-call budgets are the handler's
+  job; time spent waiting for sub-calls is not charged to the cell, and a thread waiting on one
+  pauses the cell's clock. Threads outlive their cell (bounded by RLIMIT_CPU and NPROC).
+- Weaker set-ups, reported on `Sandbox.layers`: as a non-root host user there is no uid of the
+  sandbox's own (a user namespace instead; RLIMIT_NPROC is not set); off x86_64 there is no
+  seccomp filter.
+- rlimit mode (no bubblewrap; `Sandbox.mode_warning` says so) guarantees only 9, 12, a scrubbed
+  environment, and of 8 the memory, CPU, open-file, file-size, per-cell time and output bounds:
+  the code can read and write what the host user can, use the network and start programs, which
+  may outlive `close()` if they leave the session. It is for trusted code and for machines where
+  bubblewrap cannot run (tests/test_sandbox_pool.py::test_rlimit_mode_works_and_warns).
+
+Public API: `SandboxConfig`, `prepare_context` -> `PreparedContext`, `Sandbox.start(config,
+context, handler)` -> `Sandbox` (`run_cell`, `get_answer`, `lookup_variable`, `show_vars`,
+`close`), `SandboxPool(config, size)` (`acquire`, `close`), `CellResult`, `AnswerState`.
+"""
+
+from rlm_env.sandbox.config import SandboxConfig
+from rlm_env.sandbox.context import PreparedContext, prepare_context
+from rlm_env.sandbox.host import AnswerState, CellResult, Handler, Sandbox
+from rlm_env.sandbox.launch import SandboxUnavailable
+from rlm_env.sandbox.pool import SandboxPool
+from rlm_env.sandbox.process import SandboxStartError
+
+__all__ = [
+    "AnswerState",
+    "CellResult",
+    "Handler",
+    "PreparedContext",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxPool",
+    "SandboxStartError",
+    "SandboxUnavailable",
+    "prepare_context",
+]

@@ -1,0 +1,324 @@
+"""`Sandbox`: one episode's persistent REPL, as the episode loop uses it.
+
+`await Sandbox.start(config, context, handler)` starts a worker (or `SandboxPool.acquire` hands
+over a pre-started one), gives it the context, and from then on `run_cell(code)` returns a
+`CellResult` for each code block, always, whatever the code does:
+
+- an exception, a syntax error, a timeout inside the cell: an error observation, state kept;
+- a worker that does not answer within `cell_timeout_s + kill_grace_s` (sub-call time not
+  counted), dies (memory, os._exit, segfault, SIGXCPU) or breaks the protocol: it is killed and a
+  fresh one started on the same context, and the result says `worker_restarted=True` and that
+  all variables were lost. Only a failure to start a new worker raises (`SandboxStartError`):
+  that is infrastructure, not the model.
+
+Sub-calls from the REPL (`llm_query`, `llm_batch`, `rlm_query`) arrive as `call` frames while a
+cell runs; their arguments are validated here (a bad one becomes `SubCallError` in the REPL)
+and then passed to the handler coroutine, which owns budgets and models. Cancelling `run_cell`
+kills the worker; the next call restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm_env.sandbox.calls import serve_call
+from rlm_env.sandbox.config import SandboxConfig
+from rlm_env.sandbox.context import PreparedContext
+from rlm_env.sandbox.launch import resolve_mode
+from rlm_env.sandbox.process import WorkerProcess
+from rlm_env.sandbox.protocol import ProtocolViolation, WorkerDied, clean_text, truncate_middle
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""`async def handler(fn, args)`: fn in {"llm_query", "llm_batch", "rlm_query"}."""
+
+_VIAS = (None, "FINAL", "FINAL_VAR", "answer_dict")
+
+
+@dataclass
+class AnswerState:
+    """The answer as set by executed code (FINAL, FINAL_VAR, or answer["ready"] = True)."""
+
+    ready: bool = False
+    content: Any = None
+    """A JSON value, or the str() of a value JSON could not encode; None until ready."""
+    via: str | None = None
+    error: str | None = None
+    """Why an attempted answer was not accepted (str() raised, too large...)."""
+
+
+@dataclass
+class CellResult:
+    """What one code block did. `output` is what a notebook would show."""
+
+    output: str = ""
+    error: str | None = None
+    truncated: bool = False
+    chars_cut: int = 0
+    timed_out: bool = False
+    worker_restarted: bool = False
+    duration_s: float = 0.0
+    answer: AnswerState = field(default_factory=AnswerState)
+    exit_signal: int | None = None
+    """When the worker died on its own during this cell: the signal that ended it, if any."""
+
+
+class _Deadline(Exception):
+    pass
+
+
+class Sandbox:
+    """One episode's REPL worker (see the module docstring); an async context manager."""
+
+    def __init__(self, config: SandboxConfig, context: PreparedContext, handler: Handler | None, mode: str,
+                 warning: str | None):  # fmt: skip
+        self.config, self.context, self.handler = config, context, handler
+        self.mode, self.mode_warning = mode, warning
+        self.restarts = 0
+        self.closed = False
+        self._worker: WorkerProcess | None = None
+        self._answer = AnswerState()
+        self._lock = asyncio.Lock()
+        self._seq = 0
+        self._pending_note: str | None = None  # a restart to report with the next cell
+        self._last_note: str | None = None
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls, config: SandboxConfig | None, context: PreparedContext, handler: Handler | None = None
+    ) -> Sandbox:
+        """Cold start: a new worker, given `context`, ready for cells."""
+        config = config or SandboxConfig()
+        mode, warning = resolve_mode(config)
+        self = cls(config, context, handler, mode, warning)
+        await self._attach(await WorkerProcess.spawn(config, mode))
+        return self
+
+    async def _attach(self, worker: WorkerProcess) -> None:
+        try:
+            await worker.load_context(self.context, self.config.startup_timeout_s)
+        except BaseException:
+            await worker.kill()
+            raise
+        self._worker = worker
+
+    async def _restart(self) -> None:
+        if self.closed:  # close() raced a request: do not start a worker nobody will close
+            raise RuntimeError("this sandbox was closed while a request was running")
+        if self._worker is not None:
+            await self._worker.kill()
+            self._worker = None
+        self.restarts += 1
+        self._answer = AnswerState()
+        await self._attach(await WorkerProcess.spawn(self.config, self.mode))
+
+    async def close(self) -> None:
+        """Kill the worker and everything it started. Idempotent."""
+        self.closed = True
+        if self._worker is not None:
+            await self._worker.kill()
+            self._worker = None
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def worker(self) -> WorkerProcess | None:
+        """The current worker process (pids, uid, hello report), for diagnostics and tests."""
+        return self._worker
+
+    @property
+    def layers(self) -> dict[str, Any]:
+        """Which isolation layers the current worker reports (uid, seccomp, no_new_privs...),
+        and whether its `context` shares the page cache with other episodes."""
+        w = self._worker
+        hello = w.hello if w else {}
+        shared = w.context_shared if w else False
+        return {"mode": self.mode, **{k: v for k, v in hello.items() if k != "op"}, "context_shared": shared}
+
+    def pids(self) -> list[int]:
+        """Host pids of the current worker's processes (for memory accounting and checks)."""
+        return self._worker.pids() if self._worker else []
+
+    def get_answer(self) -> AnswerState:
+        return self._answer
+
+    # ---- requests --------------------------------------------------------------------------
+
+    async def _request(self, msg: dict[str, Any], reply_op: str) -> dict[str, Any]:
+        """Send one request, serve sub-calls until its reply, within the deadline."""
+        assert self._worker is not None
+        worker = self._worker
+        self._seq += 1
+        msg["id"] = self._seq
+        await worker.send(msg)
+        budget = self.config.cell_timeout_s + self.config.kill_grace_s
+        while True:
+            t0 = time.monotonic()
+            try:
+                frame = await asyncio.wait_for(worker.recv(), max(budget, 0.001))
+            except TimeoutError:
+                raise _Deadline from None
+            budget -= time.monotonic() - t0
+            if frame["op"] == "call":
+                await serve_call(worker, frame, self.handler)  # handler time is not charged
+                continue
+            if frame["op"] != reply_op or frame.get("id") != msg["id"]:
+                raise ProtocolViolation(
+                    f"the worker sent an unexpected {clean_text(frame['op'], 50)!r} frame"
+                )
+            return frame
+
+    async def _guarded(
+        self, msg: dict[str, Any], reply_op: str
+    ) -> tuple[dict[str, Any] | None, CellResult | None]:
+        """(reply, None), or (None, the CellResult describing the failure and restart)."""
+        if self.closed:
+            raise RuntimeError("this sandbox is closed")
+        if self._worker is None or self._worker.killed:  # an earlier request was cancelled
+            await self._restart()
+            self._pending_note = (
+                "[sandbox] An earlier request was cancelled, so the REPL worker was restarted; "
+                "all variables from earlier cells were lost."
+            )
+        note = self._pending_note
+        self._pending_note = None
+        self._last_note = note
+        t0 = time.monotonic()
+        exit_signal = None
+        try:
+            return await self._request(msg, reply_op), None
+        except _Deadline:
+            limit = self.config.cell_timeout_s + self.config.kill_grace_s
+            why = f"did not answer within {limit:g} s (time limit plus grace) and was killed"
+            err, timed_out = (
+                f"CellTimeout: the cell ran past its {self.config.cell_timeout_s:g} s limit",
+                True,
+            )
+        except WorkerDied as e:
+            code = await self._worker.exit_code() if self._worker else None
+            exit_signal = _signal_of(code)
+            why, timed_out = f"died ({_exit_text(code)})", False
+            err = f"WorkerDied: the REPL process died ({_exit_text(code)}): {e}"
+        except ProtocolViolation as e:
+            why, timed_out = f"broke the host protocol ({e})", False
+            err = f"ProtocolViolation: {e}"
+        except BaseException:
+            if self._worker is not None:  # cancelled mid-request: the worker state is unknown
+                await self._worker.kill()
+            raise
+        tail = self._worker.tail() if self._worker else ""
+        await self._restart()
+        output = (
+            f"[sandbox] The REPL worker {why}. A fresh worker was started with the same `context`; "
+            "all variables, imports and functions defined in earlier cells were lost."
+        )
+        if note:
+            output = note + "\n" + output
+        if tail:
+            output += "\n[sandbox] Last output of the old worker:\n" + tail
+        result = CellResult(output=output, error=err, timed_out=timed_out, worker_restarted=True,
+                            duration_s=time.monotonic() - t0, answer=self._answer,
+                            exit_signal=exit_signal)  # fmt: skip
+        return None, result
+
+    async def run_cell(self, code: str) -> CellResult:
+        """Run one code block; never raises for anything the code does."""
+        async with self._lock:
+            reply, failed = await self._guarded({"op": "exec", "code": code}, "result")
+            if failed is not None:
+                return failed
+            assert reply is not None
+            result = self._result_from(reply)
+            note, self._last_note = self._last_note, None
+            if note:
+                result.worker_restarted = True
+                result.output = note + ("\n" + result.output if result.output else "")
+            return result
+
+    def _result_from(self, reply: dict[str, Any]) -> CellResult:
+        """Build a CellResult from the worker's (untrusted) reply, re-checking every field."""
+        limit = self.config.max_output_chars
+        output = clean_text(reply.get("output") or "")
+        chars_cut = reply.get("chars_cut") if isinstance(reply.get("chars_cut"), int) else 0
+        if len(output) > limit + 100:  # the worker's own cut leaves limit + a marker
+            output, extra = truncate_middle(output, limit)
+            chars_cut += extra
+        error = reply.get("error")
+        error = None if error is None else clean_text(error, 20_000)
+        ans = reply.get("answer") if isinstance(reply.get("answer"), dict) else {}
+        via = ans.get("via") if ans.get("via") in _VIAS else None
+        ready, content = ans.get("ready") is True, ans.get("content")
+        ans_err = None if ans.get("error") is None else clean_text(ans.get("error"), 2000)
+        if ready:  # re-check what the worker vouched for: only a forged frame fails here
+            text = clean_text(json.dumps(content, ensure_ascii=False))
+            if len(text.encode("utf-8")) > 2 * self.config.answer_max_bytes:
+                ready, ans_err = False, "the answer is too large"
+            content = json.loads(text)
+        self._answer = AnswerState(ready=ready, content=content if ready else None, via=via, error=ans_err)
+        duration = reply.get("duration_s")
+        return CellResult(
+            output=output,
+            error=error,
+            truncated=chars_cut > 0,
+            chars_cut=max(chars_cut, 0),
+            timed_out=reply.get("timed_out") is True,
+            duration_s=float(duration) if isinstance(duration, int | float) else 0.0,
+            answer=self._answer,
+        )
+
+    async def lookup_variable(self, name: str) -> tuple[bool, Any]:
+        """(True, JSON value or str) if the REPL has a usable variable `name`, else (False, None)."""
+        async with self._lock:
+            reply, failed = await self._guarded({"op": "lookup", "name": str(name)}, "lookup")
+            if failed is not None:
+                self._pending_note = failed.output
+                return False, None
+            assert reply is not None
+            self._pending_note, self._last_note = self._last_note, None  # a restart notice waits for a cell
+            if reply.get("found") is not True:
+                return False, None
+            value = reply.get("value")
+            return True, clean_text(value) if isinstance(value, str) else value
+
+    async def show_vars(self) -> dict[str, str]:
+        """{name: type name} of the user's variables in the REPL."""
+        async with self._lock:
+            reply, failed = await self._guarded({"op": "vars"}, "vars")
+            if failed is not None:
+                self._pending_note = failed.output
+                return {}
+            assert reply is not None
+            self._pending_note, self._last_note = self._last_note, None
+            found = reply.get("vars")
+            if not isinstance(found, dict):
+                return {}
+            return {clean_text(k, 200): clean_text(v, 200) for k, v in list(found.items())[:10_000]}
+
+
+_SIGNALS = {6: "SIGABRT", 9: "SIGKILL: the CPU-time limit, or out of memory", 11: "SIGSEGV: a crash in C code",
+            24: "SIGXCPU: the CPU-time limit", 25: "SIGXFSZ: the file-size limit"}  # fmt: skip
+
+
+def _signal_of(code: int | None) -> int | None:
+    if code is None:
+        return None
+    return -code if code < 0 else code - 128 if code > 128 else None
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    sig = _signal_of(code)
+    if sig is not None:
+        return f"killed by signal {sig}" + (f", {_SIGNALS[sig]}" if sig in _SIGNALS else "")
+    return f"exit code {code}"

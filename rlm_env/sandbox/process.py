@@ -1,0 +1,268 @@
+"""One worker process as the host sees it: start it, talk to it, hand it its context, kill it.
+
+The worker's fd 0 is /dev/null; its fd 1 and 2 go to one pipe that a host task drains without
+pause into a small ring, so a flood can never block the worker on a full pipe nor grow host
+memory, and the tail is there to show if the worker dies (e.g. a segfault's traceback).
+
+Killing is total. In bwrap mode the worker is the init of its pid namespace: SIGKILL to it (by
+pidfd, so never to a recycled pid) makes the kernel kill everything left in the namespace, and
+bwrap reaps it and exits. Then the process group of bwrap (or of the rlimit worker) gets
+SIGKILL, and, as a last net, every process still running under the sandbox's own uid (a uid
+that belongs to nothing else on the host). Were the host itself to die, --die-with-parent (armed
+again by the worker after its uid change) and the socket's EOF end the worker too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from rlm_env.sandbox.config import SandboxConfig
+from rlm_env.sandbox.context import PreparedContext
+from rlm_env.sandbox.launch import LaunchSpec, build_launch, release_uid
+from rlm_env.sandbox.protocol import (
+    ProtocolViolation,
+    WorkerDied,
+    encode_frame,
+    read_frame,
+    send_with_fd,
+)
+
+RING_BYTES = 64 * 1024
+
+
+class SandboxStartError(RuntimeError):
+    """A worker could not be started or could not load its context (an infrastructure failure)."""
+
+
+class WorkerProcess:
+    """A started worker that has said hello; `load_context` makes it ready for cells."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, spec: LaunchSpec, mode: str):
+        self.proc, self.sock, self.spec, self.mode = proc, sock, spec, mode
+        self.reader: asyncio.StreamReader
+        self.writer: asyncio.StreamWriter
+        self.hello: dict[str, Any] = {}
+        self._ring: collections.deque[bytes] = collections.deque()
+        self._ring_len = 0
+        self._drain_task: asyncio.Task | None = None
+        self.context_shared = False
+        self._ns_init: int | None = None  # pidfd of the pid namespace's init: the worker itself
+        self.killed = False
+
+    @property
+    def pid(self) -> int:
+        """Host pid of the outermost process (bwrap, or the worker itself in rlimit mode)."""
+        return self.proc.pid
+
+    @property
+    def uid(self) -> int | None:
+        return self.spec.uid
+
+    @classmethod
+    async def spawn(cls, config: SandboxConfig, mode: str) -> WorkerProcess:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        spec: LaunchSpec | None = None
+        try:
+            spec = build_launch(config, mode, child.fileno())
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=spec.pass_fds,
+                start_new_session=True,
+                env=spec.env,
+                cwd=spec.cwd,
+            )
+        except BaseException:
+            parent.close()
+            if spec is not None:
+                release_uid(spec.uid)
+                if spec.scratch_dir:
+                    shutil.rmtree(spec.scratch_dir, ignore_errors=True)
+            raise
+        finally:
+            child.close()
+        parent.setblocking(False)
+        self = cls(proc, parent, spec, mode)
+        try:
+            self.reader, self.writer = await asyncio.open_unix_connection(sock=parent)
+            self._drain_task = asyncio.create_task(self._drain())
+            try:
+                hello = await asyncio.wait_for(self.recv(), config.startup_timeout_s)
+            except (WorkerDied, ProtocolViolation, TimeoutError) as e:
+                await asyncio.sleep(0.05)  # let the drain catch the worker's last words
+                raise SandboxStartError(f"the sandbox worker failed to start ({e}): {self.tail()}") from None
+            if hello.get("op") != "hello":
+                raise SandboxStartError(f"the sandbox worker sent {hello.get('op')!r} instead of hello")
+            # The worker refuses to run without its layers; check anyway (before any user code).
+            if spec.uid is not None and hello.get("uid") != spec.uid:
+                raise SandboxStartError(f"the sandbox worker runs as uid {hello.get('uid')}, not {spec.uid}")
+            if spec.seccomp and hello.get("seccomp") is not True:
+                raise SandboxStartError("the sandbox worker has no seccomp filter although one was required")
+            self.hello = hello
+            if mode == "bwrap":
+                self._ns_init = _pidfd_of_only_child(proc.pid)
+        except BaseException:
+            await self.kill()
+            raise
+        return self
+
+    async def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        with contextlib.suppress(Exception):
+            while chunk := await self.proc.stdout.read(65536):
+                self._ring.append(chunk)
+                self._ring_len += len(chunk)
+                while self._ring_len - len(self._ring[0]) >= RING_BYTES:
+                    self._ring_len -= len(self._ring.popleft())
+
+    def tail(self, chars: int = 2000) -> str:
+        """The end of what the worker wrote to its fd 1 and 2 (outside cells' captured output)."""
+        text = b"".join(self._ring)[-chars * 4 :].decode("utf-8", errors="replace")
+        return text[-chars:].strip()
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.writer.write(encode_frame(msg))
+            await self.writer.drain()
+        except (ConnectionError, RuntimeError) as e:
+            raise WorkerDied(f"could not write to the worker ({e})") from None
+
+    async def recv(self) -> dict[str, Any]:
+        return await read_frame(self.reader)
+
+    async def load_context(self, context: PreparedContext, timeout: float) -> float:
+        """Pass the context file's descriptor; returns the worker's load time in seconds."""
+        fd = os.open(context.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            frame = encode_frame({"op": "init", "kind": context.kind, "ascii": context.ascii})
+            send_with_fd(self.sock, frame, fd)
+        except OSError as e:
+            raise SandboxStartError(f"could not hand the context to the worker ({e})") from None
+        finally:
+            os.close(fd)
+        try:
+            msg = await asyncio.wait_for(self.recv(), timeout)
+        except (WorkerDied, ProtocolViolation, TimeoutError) as e:
+            await asyncio.sleep(0.05)
+            raise SandboxStartError(
+                f"the sandbox worker failed to load the context ({e}): {self.tail()}"
+            ) from None
+        if msg.get("op") == "init_failed":
+            raise SandboxStartError(f"the sandbox worker could not load the context: {msg.get('error')}")
+        if msg.get("op") != "ready":
+            raise SandboxStartError(f"the sandbox worker sent {msg.get('op')!r} instead of ready")
+        self.context_shared = msg.get("shared") is True
+        load_s = msg.get("load_s")
+        return float(load_s) if isinstance(load_s, int | float) else 0.0
+
+    def pids(self) -> list[int]:
+        """Host pids of this worker's processes: bwrap (or the worker) and all its descendants."""
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    todo += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+        return out
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    async def exit_code(self, wait_s: float = 1.0) -> int | None:
+        """The exit status once the process is gone (None if it does not end within `wait_s`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), wait_s)
+        return self.proc.returncode
+
+    async def kill(self) -> None:
+        """SIGKILL everything that belongs to this worker and reap it. Idempotent."""
+        if self.killed:
+            return
+        self.killed = True
+        if self._ns_init is not None:
+            # The namespace's init (the worker) first: the kernel then kills everything inside,
+            # and bwrap reaps it and exits. (Killing bwrap first would orphan the worker to the
+            # host's pid 1, which is not always quick to reap zombies.)
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self._ns_init, signal.SIGKILL)
+            os.close(self._ns_init)
+            self._ns_init = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 1.0)
+        # Then the process group. Not Process.kill(): it would poll() first and could reap the
+        # child behind asyncio's child watcher. start_new_session made the pgid equal the pid.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        self.sock.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), 10)
+        if self.spec.uid is not None:
+            kill_uid(self.spec.uid)
+            release_uid(self.spec.uid)
+        if self._drain_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._drain_task, 0.5)
+        if self.spec.scratch_dir:
+            shutil.rmtree(self.spec.scratch_dir, ignore_errors=True)
+
+
+def _pidfd_of_only_child(pid: int) -> int | None:
+    """A pidfd for `pid`'s single child (the worker, init of its namespace), or None if unclear."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if len(kids) != 1 or not hasattr(os, "pidfd_open"):
+            return None
+        fd = os.pidfd_open(int(kids[0]))
+    except (OSError, ValueError):
+        return None
+    try:  # still that child, not a reused pid? (a pidfd cannot be fooled afterwards)
+        stat = Path(f"/proc/{kids[0]}/stat").read_text()
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            return fd
+    except (OSError, ValueError, IndexError):
+        pass
+    os.close(fd)
+    return None
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Host pids whose real uid is `uid` (a /proc scan; no psutil needed)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            found.append(int(entry))
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def kill_uid(uid: int) -> None:
+    """SIGKILL every process of a sandbox-only uid (never 0, never the host's own uid)."""
+    if uid in (0, os.getuid()) or not os.path.isdir("/proc"):
+        return
+    for pid in pids_of_uid(uid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

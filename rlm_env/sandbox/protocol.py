@@ -1,0 +1,111 @@
+"""The host's side of the wire: length-prefixed JSON frames, a size cap, and fd passing.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON encoding one
+object with a string "op". That is the whole grammar, and the host parses it with `json.loads`
+only: nothing from the worker is ever unpickled, unmarshalled, evaluated or imported, so a frame
+can at worst be rejected. Anything else (a length over the cap, bytes that are not UTF-8 JSON, a
+non-object, a missing op, a reply to a question not asked) is a `ProtocolViolation`: the host
+kills that worker and restarts it, and the observation says so. It is the model's code that
+wrote the frame, so it is the model's fault, not an infrastructure failure.
+
+The worker is untrusted, so strings it sends are also cleaned of lone surrogates (which would
+crash a later UTF-8 encode) and re-truncated to the configured output size.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import socket
+import struct
+from typing import Any
+
+HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""Largest frame accepted from a worker; a longer announced length is a protocol violation."""
+_PARSE_IN_THREAD_BYTES = 1 << 20
+
+
+class ProtocolViolation(Exception):
+    """The worker sent something that is not a well-formed frame of the protocol."""
+
+
+class WorkerDied(Exception):
+    """The worker's end of the socket closed (it exited or was killed)."""
+
+
+def encode_frame(msg: dict[str, Any]) -> bytes:
+    """One frame. ASCII-only JSON, so no str the host holds can fail to encode."""
+    data = json.dumps(msg, ensure_ascii=True).encode("ascii")
+    return HEADER.pack(len(data)) + data
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    """Parse one frame body or raise ProtocolViolation (never anything else)."""
+    try:
+        msg = json.loads(payload.decode("utf-8"))
+    except Exception as e:  # UnicodeDecodeError, JSONDecodeError, RecursionError, ValueError
+        head = payload[:40]
+        raise ProtocolViolation(
+            f"a frame from the worker is not UTF-8 JSON ({type(e).__name__}; starts {head!r})"
+        ) from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+        raise ProtocolViolation("a frame from the worker is not a JSON object with a string 'op'")
+    return msg
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
+    """Read and parse one frame; big ones are parsed off the event loop."""
+    try:
+        header = await reader.readexactly(HEADER.size)
+        (n,) = HEADER.unpack(header)
+        if n > max_bytes:
+            raise ProtocolViolation(f"the worker announced a {n:,}-byte frame (limit {max_bytes:,})")
+        payload = await reader.readexactly(n)
+    except asyncio.IncompleteReadError:
+        raise WorkerDied("the worker closed its end of the socket") from None
+    except ConnectionError as e:
+        raise WorkerDied(f"the worker's socket failed ({e})") from None
+    if n > _PARSE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(decode_payload, payload)
+    return decode_payload(payload)
+
+
+def send_with_fd(sock: socket.socket, frame: bytes, fd: int) -> None:
+    """Send one small frame with `fd` attached (SCM_RIGHTS) on a socket asyncio also uses.
+
+    Only ever called while nothing else is queued on the socket (right after the hello), so a
+    plain sendmsg on the non-blocking socket goes out whole.
+    """
+    fds = array.array("i", [fd])
+    sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+    if sent != len(frame):  # pragma: no cover - a tiny frame on an empty socket buffer
+        sock.sendall(frame[sent:])
+
+
+def clean_text(value: Any, limit: int | None = None) -> str:
+    """A str safe to log and encode: lone surrogates replaced, optionally cut to `limit`."""
+    text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    if limit is not None and len(text) > limit:
+        text = text[:limit]
+    return text
+
+
+def cut_marker(n: int) -> str:
+    """The marker standing where the middle of a long output was cut."""
+    return f"\n... [{n:,} characters cut] ...\n"
+
+
+def truncate_middle(text: str, limit: int) -> tuple[str, int]:
+    """(text, characters cut): keep the head and tail halves of `limit`, mark the cut middle."""
+    if len(text) <= limit:
+        return text, 0
+    head = limit // 2
+    tail = limit - head
+    cut = len(text) - limit
+    return text[:head] + cut_marker(cut) + (text[-tail:] if tail else ""), cut

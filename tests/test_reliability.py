@@ -1,0 +1,118 @@
+"""Faults injected into real runs: a full disk, an interrupted evaluation, a hung sub-call engine,
+a sandbox worker killed mid-cell. Each must end in a clear message or a flagged record, with no
+finished episode lost or repeated."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+
+import pytest
+
+from rlm_env.episode import Episode, read_records
+from rlm_env.episode.config import config_from_dict
+from rlm_env.evaluate import EvalConfig, episode_id_for, run_eval
+from rlm_env.models.scripted import ScriptedPolicy
+from rlm_env.tasks.base import Task
+from tests.fakes import UpperCaseSubModel, repl
+
+ANSWER = repl("FINAL(len(context))")
+
+
+def tasks(n: int) -> list[Task]:
+    return [Task(id=f"rel-{i}", context="x" * (i + 1), question="How long?", expected_answer=str(i + 1)) for i in range(n)]
+
+
+def always(reply: str, delay_s: float = 0.0) -> ScriptedPolicy:
+    return ScriptedPolicy([lambda _m: reply] * 10_000, delay_s=delay_s)
+
+
+async def test_interrupted_eval_resumes_without_losing_or_repeating(tmp_path):
+    config = EvalConfig(out=str(tmp_path), concurrency=2)
+    episode_config = config_from_dict({})
+    all_tasks = tasks(8)
+    run = asyncio.create_task(
+        run_eval(config, episode_config, all_tasks, always(ANSWER, delay_s=0.2), UpperCaseSubModel(), None)
+    )
+    path = tmp_path / "trajectories.jsonl"
+    while not path.exists() or len(read_records(path)) < 3:
+        await asyncio.sleep(0.05)
+    run.cancel()  # what Ctrl-C does to the running coroutine
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    first = {r.episode_id for r in read_records(path)}
+    assert 3 <= len(first) < 8
+    with open(path, "a") as f:
+        f.write('{"schema_version": 1, "episode_id": "torn by a kill -9')  # a write cut mid-line
+
+    policy = always(ANSWER)
+    records = await run_eval(config, episode_config, all_tasks, policy, UpperCaseSubModel(), None)
+    ids = [r.episode_id for r in read_records(path)]
+    assert sorted(ids) == sorted(episode_id_for(t) for t in all_tasks)  # none lost, none twice
+    assert len(policy.seen) == 8 - len(first)  # only the missing episodes ran again
+    assert len(records) == 8 and all(r.answer.status == "confirmed" for r in records)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 96 KiB tmpfs: the real ENOSPC path. Needs root (CI and these machines run as root)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; this test runs in CI, which is root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_disk_full_stops_cleanly_and_keeps_what_was_written(tiny_disk):
+    config = EvalConfig(out=str(tiny_disk), concurrency=1)
+    big_output = repl("print('y' * 15000)") + ""
+    policy = ScriptedPolicy([lambda m: big_output if len(m) == 2 else ANSWER] * 10_000)
+    with pytest.raises(SystemExit, match="could not write .*No space left"):
+        await run_eval(config, config_from_dict({}), tasks(30), policy, UpperCaseSubModel(), None)
+    saved = read_records(tiny_disk / "trajectories.jsonl")
+    assert 1 <= len(saved) < 30
+    assert all(r.answer.status == "confirmed" for r in saved)
+
+
+class HangingSubModel:
+    name = "hangs-forever"
+
+    async def generate(self, *args, **kwargs):
+        await asyncio.sleep(3600)
+
+    async def close(self):
+        return None
+
+
+async def test_hung_sub_call_engine_is_an_infra_error_not_a_hang():
+    cfg = config_from_dict({"budget": {"sub_call_timeout_s": 0.5}})
+    reply = repl("try:\n    llm_query('hello?')\nexcept SubCallError as e:\n    FINAL(str(e))")
+    episode = Episode(tasks(1)[0], cfg, ScriptedPolicy([reply]), HangingSubModel())
+    record = await asyncio.wait_for(episode.run(), timeout=30)
+    assert "no reply within" in record.answer.content
+    assert record.flags.infra_failure and record.budget["sub_calls_failed"] == 1
+
+
+async def test_worker_killed_mid_cell_is_restarted_and_flagged():
+    policy = ScriptedPolicy([repl("kept = 1"), repl("import time; time.sleep(5)"), repl("FINAL('survived')")])
+    episode = Episode(tasks(1)[0], config_from_dict({}), policy, UpperCaseSubModel())
+
+    async def kill_worker_soon():
+        await asyncio.sleep(1.5)  # inside the second cell's sleep
+        for pid in episode.sandbox.pids():
+            os.kill(pid, signal.SIGKILL)
+
+    killer = asyncio.create_task(kill_worker_soon())
+    record = await episode.run()
+    await killer
+    assert record.cells[1].worker_restarted
+    assert "restarted" in policy.seen[2][-1]["content"]
+    assert record.answer.content == "survived"
+    assert record.cells[1].exit_signal == 9
+    assert record.flags.infra_suspected and not record.flags.infra_failure
