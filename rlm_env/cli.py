@@ -23,12 +23,19 @@ def _setting(text: str) -> tuple[str, Any]:
 
 def _add_episode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [episode] settings (and [eval] for eval)")
-    p.add_argument("--set", action="append", type=_setting, metavar="KEY=VALUE",
-                   help="override one episode setting, e.g. --set budget.max_root_turns=4")
+    p.add_argument(
+        "--set",
+        action="append",
+        type=_setting,
+        metavar="KEY=VALUE",
+        help="override one episode setting, e.g. --set budget.max_root_turns=4",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlm-env", description="Recursive Language Model episodes as an RL environment.")
+    parser = argparse.ArgumentParser(
+        prog="rlm-env", description="Recursive Language Model episodes as an RL environment."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     play = sub.add_parser("play", help="act as the root model yourself (replies on stdin, separated by ---)")
@@ -37,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--task", default="niah", help="generated task family when no --context is given")
     play.add_argument("--length", default="8k", help="generated task length in tokens")
     play.add_argument("--seed", type=int, default=0)
-    play.add_argument("--sub-model", default="echo",
-                      help="model behind llm_query: default | PATH | vllm:PATH | openai:URL#MODEL | hf:PATH | echo")
+    play.add_argument(
+        "--sub-model",
+        default="echo",
+        help="model behind llm_query: default | PATH | vllm:PATH | openai:URL#MODEL | hf:PATH | echo",
+    )
     _add_episode_options(play)
 
-    ev = sub.add_parser("eval", help="run episodes on generated tasks or a dataset; write trajectories and a summary")
+    ev = sub.add_parser(
+        "eval", help="run episodes on generated tasks or a dataset; write trajectories and a summary"
+    )
     ev.add_argument("--task", help="task family (niah, oolong, oolong_pairs, multihop, codeqa)")
     ev.add_argument("--dataset", help="JSONL / Parquet / HF datasets folder instead of a generated family")
     ev.add_argument("--lengths", help="comma-separated context lengths in tokens, e.g. 8k,64k")
@@ -50,16 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sub-model", help="sub-call model (default: same engine as --model)")
     ev.add_argument("--seed", type=int)
     ev.add_argument("--concurrency", type=int, help="episodes in flight at once")
-    ev.add_argument("--out", help="output folder (trajectories.jsonl, summary.json); an existing run is resumed")
+    ev.add_argument(
+        "--out", help="output folder (trajectories.jsonl, summary.json); an existing run is resumed"
+    )
     _add_episode_options(ev)
 
     models = sub.add_parser("models", help="list cached models; --ensure builds the default model")
-    models.add_argument("--ensure", action="store_true", help="fetch and convert the default model if missing")
+    models.add_argument(
+        "--ensure", action="store_true", help="fetch and convert the default model if missing"
+    )
     models.add_argument("--cache-dir", help="cache root (default ~/.cache/rlm-env or $RLM_ENV_CACHE)")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    quality = bench_sub.add_parser("quality", help="accuracy versus context length: RLM versus the plain model")
+    quality = bench_sub.add_parser(
+        "quality", help="accuracy versus context length: RLM versus the plain model"
+    )
     quality.add_argument("--task", default="niah")
     quality.add_argument("--dataset")
     quality.add_argument("--lengths", default="8k,32k")
@@ -69,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--out", default="runs/bench-quality")
     _add_episode_options(quality)
     perf = bench_sub.add_parser("perf", help="environment overhead benchmarks; writes BENCHMARKS.md")
-    perf.add_argument("--short", action="store_true", help="few repetitions (used by the tests); numbers printed only")
+    perf.add_argument(
+        "--short", action="store_true", help="few repetitions (used by the tests); numbers printed only"
+    )
     perf.add_argument("--out", default="BENCHMARKS.md")
     perf.add_argument("--skip-engine", action="store_true", help="skip the figures that need the vLLM engine")
     return parser

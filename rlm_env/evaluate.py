@@ -101,7 +101,9 @@ def build_tasks(config: EvalConfig) -> list[Task]:
         raise SystemExit("eval needs --task or --dataset")
     tasks: list[Task] = []
     for length in config.lengths:
-        for task in make_tasks(config.task, [parse_length(length)], config.episodes, split=config.split, seed=config.seed):
+        for task in make_tasks(
+            config.task, [parse_length(length)], config.episodes, split=config.split, seed=config.seed
+        ):
             task.metadata.setdefault("length_label", length)
             tasks.append(task)
     return tasks
@@ -112,7 +114,12 @@ def episode_id_for(task: Task) -> str:
 
 
 async def run_eval(
-    config: EvalConfig, episode_config: EpisodeConfig, tasks: list[Task], root_model: Any, sub_model: Any, rubric: Any
+    config: EvalConfig,
+    episode_config: EpisodeConfig,
+    tasks: list[Task],
+    root_model: Any,
+    sub_model: Any,
+    rubric: Any,
 ) -> list[EpisodeRecord]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,13 +134,21 @@ async def run_eval(
 
     async def one(task: Task) -> EpisodeRecord:
         async with semaphore:
-            episode = Episode(task, episode_config, root_model, sub_model, episode_id=episode_id_for(task), rubric=rubric)
+            episode = Episode(
+                task, episode_config, root_model, sub_model, episode_id=episode_id_for(task), rubric=rubric
+            )
             try:
                 return await episode.run()
             finally:
                 await episode.close()
 
-    columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+    columns = (
+        TextColumn("[bold]eval"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     try:
         with Progress(*columns, console=console) as progress:
             bar = progress.add_task("", total=len(tasks), completed=len(records))
@@ -168,19 +183,31 @@ def summarize(records: list[EpisodeRecord]) -> list[dict[str, Any]]:
 
     rows = []
     for label, group in groups.items():
-        rows.append({
-            "length": label,
-            "episodes": len(group),
-            "accuracy": mean([r.rewards.get("correctness", 0.0) for r in group]),
-            "answered": mean([1.0 if r.answer.status != "none" else 0.0 for r in group]),
-            "mean_turns": mean([r.budget.get("root_turns", 0) for r in group]),
-            "mean_sub_calls": mean([r.budget.get("sub_calls", 0) for r in group]),
-            "mean_root_tokens": mean([r.budget.get("root_prompt_tokens", 0) + r.budget.get("root_completion_tokens", 0) for r in group]),
-            "mean_sub_tokens": mean([r.budget.get("sub_prompt_tokens", 0) + r.budget.get("sub_completion_tokens", 0) for r in group]),
-            "mean_wall_s": mean([r.wall_time_s for r in group]),
-            "infra_failures": sum(1 for r in group if r.flags.infra_failure),
-            "stop_reasons": dict(sorted(_count(r.stop_reason for r in group).items())),
-        })
+        rows.append(
+            {
+                "length": label,
+                "episodes": len(group),
+                "accuracy": mean([r.rewards.get("correctness", 0.0) for r in group]),
+                "answered": mean([1.0 if r.answer.status != "none" else 0.0 for r in group]),
+                "mean_turns": mean([r.budget.get("root_turns", 0) for r in group]),
+                "mean_sub_calls": mean([r.budget.get("sub_calls", 0) for r in group]),
+                "mean_root_tokens": mean(
+                    [
+                        r.budget.get("root_prompt_tokens", 0) + r.budget.get("root_completion_tokens", 0)
+                        for r in group
+                    ]
+                ),
+                "mean_sub_tokens": mean(
+                    [
+                        r.budget.get("sub_prompt_tokens", 0) + r.budget.get("sub_completion_tokens", 0)
+                        for r in group
+                    ]
+                ),
+                "mean_wall_s": mean([r.wall_time_s for r in group]),
+                "infra_failures": sum(1 for r in group if r.flags.infra_failure),
+                "stop_reasons": dict(sorted(_count(r.stop_reason for r in group).items())),
+            }
+        )
     return rows
 
 
@@ -193,11 +220,27 @@ def _count(values: Any) -> dict[str, int]:
 
 def print_summary(rows: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
-    for name in ("length", "episodes", "accuracy", "answered", "mean_turns", "mean_sub_calls",
-                 "mean_root_tokens", "mean_sub_tokens", "mean_wall_s", "infra_failures"):
+    for name in (
+        "length",
+        "episodes",
+        "accuracy",
+        "answered",
+        "mean_turns",
+        "mean_sub_calls",
+        "mean_root_tokens",
+        "mean_sub_tokens",
+        "mean_wall_s",
+        "infra_failures",
+    ):
         table.add_column(name, justify="right")
     for row in rows:
-        table.add_row(*(f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in row if k != "stop_reasons"))
+        table.add_row(
+            *(
+                f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k])
+                for k in row
+                if k != "stop_reasons"
+            )
+        )
     Console().print(table)
 
 
@@ -215,7 +258,11 @@ def main(args: Any) -> int:
         engine = EngineConfig(**config.engine)
         console.print(f"starting engines for {config.model!r} (first start takes ~30-60 s on CPU)")
         root = build_model(config.model, role="root", config=engine)
-        sub = root if config.sub_model in (None, config.model) else build_model(config.sub_model, role="sub", config=engine)
+        sub = (
+            root
+            if config.sub_model in (None, config.model)
+            else build_model(config.sub_model, role="sub", config=engine)
+        )
         rubric = Rubric(RubricConfig(**config.rubric))
         try:
             return await run_eval(config, episode_config, tasks, root, sub, rubric)
@@ -226,7 +273,11 @@ def main(args: Any) -> int:
 
     records = asyncio.run(_run())
     rows = summarize(records)
-    summary = {"config": config.model_dump(), "rows": rows, "wall_time_s": round(time.monotonic() - started, 2)}
+    summary = {
+        "config": config.model_dump(),
+        "rows": rows,
+        "wall_time_s": round(time.monotonic() - started, 2),
+    }
     out = Path(config.out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print_summary(rows, f"{config.task or config.dataset} on {config.model} ({len(records)} episodes)")

@@ -51,7 +51,9 @@ def task_from_context_path(path: str, question: str) -> Task:
     return Task(id=f"play:{p.name}", context=context, question=question)
 
 
-async def play(task: Task, config: EpisodeConfig, sub_model: Any, stdin: IO[str], out: IO[str]) -> dict[str, Any]:
+async def play(
+    task: Task, config: EpisodeConfig, sub_model: Any, stdin: IO[str], out: IO[str]
+) -> dict[str, Any]:
     episode = Episode(task, config, root_model=sub_model, sub_model=sub_model)
     try:
         messages = await episode.start()

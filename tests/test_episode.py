@@ -68,7 +68,11 @@ async def test_text_final_is_only_a_recorded_fallback():
     assert record.answer.status == "fallback_text"
     assert record.answer.content == "7731"
     record, _ = await run([repl(FIND), "FINAL_VAR(code)"])
-    assert (record.answer.status, record.answer.content, record.answer.via) == ("fallback_text", "7731", "text_FINAL_VAR")
+    assert (record.answer.status, record.answer.content, record.answer.via) == (
+        "fallback_text",
+        "7731",
+        "text_FINAL_VAR",
+    )
 
 
 async def test_final_written_in_prose_next_to_code_is_not_an_answer():
@@ -85,7 +89,12 @@ async def test_extracted_answer_after_hitting_the_turn_limit():
 
 
 async def test_multi_block_reply_runs_in_order_as_one_observation():
-    reply = repl("a = 1\nprint('first', a)") + "then\n" + repl("print('second', a + 1)") + "```python\nprint('ignored')\n```"
+    reply = (
+        repl("a = 1\nprint('first', a)")
+        + "then\n"
+        + repl("print('second', a + 1)")
+        + "```python\nprint('ignored')\n```"
+    )
     record, policy = await run([reply, repl("FINAL('ok')")])
     observation = policy.seen[1][-1]["content"]
     assert observation.index("first 1") < observation.index("second 2")
@@ -177,7 +186,9 @@ async def test_llm_batch_of_ten_thousand_prompts_is_refused_clearly():
 async def test_concurrency_bound_is_enforced():
     sub = UpperCaseSubModel(delay_s=0.05)
     cfg = config(**{"budget.max_concurrent_sub_calls": 3})
-    record, _ = await run([repl("r = llm_batch([str(i) for i in range(12)])\nFINAL(len(r))")], sub=sub, cfg=cfg)
+    record, _ = await run(
+        [repl("r = llm_batch([str(i) for i in range(12)])\nFINAL(len(r))")], sub=sub, cfg=cfg
+    )
     assert record.answer.content == 12
     assert sub.peak_in_flight == 3 and record.budget["peak_concurrent_sub_calls"] == 3
 
@@ -222,7 +233,9 @@ async def test_trajectory_record_round_trips(tmp_path):
     assert back == record
     data = json.loads(record.to_json())
     assert data["schema_version"] == 1
-    assert {"calls", "cells", "root_sample", "answer", "stop_reason", "budget", "flags", "rewards"} <= set(data)
+    assert {"calls", "cells", "root_sample", "answer", "stop_reason", "budget", "flags", "rewards"} <= set(
+        data
+    )
     assert data["budget"]["limits"]["max_root_turns"] == 30
     assert data["task"]["question"] == "What is the secret code?" and "context" not in data["task"]
     with pytest.raises(ValueError, match="schema_version"):

@@ -25,7 +25,9 @@ def test_text_episode_reset_and_step():
         task = Task(id="x", context="needle=42 in a haystack", question="What is the needle?")
         observation, info = env.reset(task)
         assert "Question: What is the needle?" in observation and info["sandbox_mode"] == "bwrap"
-        obs, reward, terminated, truncated, info = env.step(repl("v = context.split('=')[1].split()[0]\nprint(v)"))
+        obs, reward, terminated, truncated, info = env.step(
+            repl("v = context.split('=')[1].split()[0]\nprint(v)")
+        )
         assert "42" in obs and (terminated, truncated) == (False, False)
         obs, reward, terminated, truncated, info = env.step(repl("FINAL(int(v))"))
         assert terminated and not truncated and info["answer"]["content"] == 42
@@ -50,8 +52,20 @@ def test_play_command_runs_a_real_sandboxed_episode(tmp_path):
         + repl("FINAL(m.group(1))")
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "rlm_env.cli", "play", "--context", str(context), "--question", "What is the password?"],
-        input=replies, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "rlm_env.cli",
+            "play",
+            "--context",
+            str(context),
+            "--question",
+            "What is the password?",
+        ],
+        input=replies,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "swordfish" in proc.stdout and "=== observation ===" in proc.stdout
@@ -67,7 +81,10 @@ def test_play_command_reports_abort_when_replies_run_out(tmp_path):
     context.write_text("hello")
     proc = subprocess.run(
         [sys.executable, "-m", "rlm_env.cli", "play", "--context", str(context), "--question", "q"],
-        input=repl("print(len(context))"), capture_output=True, text=True, timeout=120,
+        input=repl("print(len(context))"),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["stop_reason"] == "aborted" and summary["status"] == "none"

@@ -22,7 +22,10 @@ ANSWER = repl("FINAL(len(context))")
 
 
 def tasks(n: int) -> list[Task]:
-    return [Task(id=f"rel-{i}", context="x" * (i + 1), question="How long?", expected_answer=str(i + 1)) for i in range(n)]
+    return [
+        Task(id=f"rel-{i}", context="x" * (i + 1), question="How long?", expected_answer=str(i + 1))
+        for i in range(n)
+    ]
 
 
 def always(reply: str, delay_s: float = 0.0) -> ScriptedPolicy:

@@ -42,7 +42,9 @@ async def test_root_sample_is_append_only_and_masked(tokenizer):
     assert all(lp == -0.5 for lp, m in zip(sample.logprobs, sample.loss_mask, strict=True) if m == 1)
     # The last prompt, built turn by turn from ids, decodes to the chat template's rendering.
     last_prompt = tokenizer.decode(policy.prompts[-1])
-    rendered = tokenizer.apply_chat_template(record.calls[-1].messages, tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(
+        record.calls[-1].messages, tokenize=False, add_generation_prompt=True
+    )
     assert last_prompt == rendered
 
     samples, dropped = samples_from_records([record])

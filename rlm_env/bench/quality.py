@@ -76,7 +76,9 @@ async def plain_call(model: Any, task: Task, window: int, reply_tokens: int) -> 
     }
 
 
-def table_rows(rlm_records: list[Any], plain: list[dict[str, Any]], lengths: list[str]) -> list[dict[str, Any]]:
+def table_rows(
+    rlm_records: list[Any], plain: list[dict[str, Any]], lengths: list[str]
+) -> list[dict[str, Any]]:
     def mean(xs: list[float]) -> float:
         return round(statistics.fmean(xs), 4) if xs else 0.0
 
@@ -84,20 +86,27 @@ def table_rows(rlm_records: list[Any], plain: list[dict[str, Any]], lengths: lis
     for label in lengths:
         rl = [r for r in rlm_records if r.task.get("metadata", {}).get("length_label") == label]
         pl = [p for p in plain if p["length_label"] == label]
-        rows.append({
-            "length": label,
-            "tokens": rl[0].task["metadata"].get("length_tokens") if rl else None,
-            "rlm_score": mean([r.rewards.get("correctness", 0.0) for r in rl]),
-            "plain_score": mean([p["score"] for p in pl]),
-            "rlm_tokens_per_episode": mean([
-                r.budget.get("root_prompt_tokens", 0) + r.budget.get("root_completion_tokens", 0)
-                + r.budget.get("sub_prompt_tokens", 0) + r.budget.get("sub_completion_tokens", 0) for r in rl
-            ]),
-            "plain_tokens_per_episode": mean([p["prompt_tokens"] + p["completion_tokens"] for p in pl]),
-            "rlm_wall_s": mean([r.wall_time_s for r in rl]),
-            "plain_wall_s": mean([p["wall_s"] for p in pl]),
-            "episodes": len(rl),
-        })
+        rows.append(
+            {
+                "length": label,
+                "tokens": rl[0].task["metadata"].get("length_tokens") if rl else None,
+                "rlm_score": mean([r.rewards.get("correctness", 0.0) for r in rl]),
+                "plain_score": mean([p["score"] for p in pl]),
+                "rlm_tokens_per_episode": mean(
+                    [
+                        r.budget.get("root_prompt_tokens", 0)
+                        + r.budget.get("root_completion_tokens", 0)
+                        + r.budget.get("sub_prompt_tokens", 0)
+                        + r.budget.get("sub_completion_tokens", 0)
+                        for r in rl
+                    ]
+                ),
+                "plain_tokens_per_episode": mean([p["prompt_tokens"] + p["completion_tokens"] for p in pl]),
+                "rlm_wall_s": mean([r.wall_time_s for r in rl]),
+                "plain_wall_s": mean([p["wall_s"] for p in pl]),
+                "episodes": len(rl),
+            }
+        )
     return rows
 
 
@@ -117,11 +126,23 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(xs, [r["rlm_score"] for r in rows], "o-", label="RLM")
     ax1.plot(xs, [r["plain_score"] for r in rows], "s--", label="plain (context cut to window)")
-    ax1.set(xscale="log", xlabel="context length (tokens)", ylabel="score", ylim=(-0.05, 1.05), title="score vs length")
+    ax1.set(
+        xscale="log",
+        xlabel="context length (tokens)",
+        ylabel="score",
+        ylim=(-0.05, 1.05),
+        title="score vs length",
+    )
     ax1.legend()
     ax2.plot(xs, [r["rlm_tokens_per_episode"] for r in rows], "o-", label="RLM")
     ax2.plot(xs, [r["plain_tokens_per_episode"] for r in rows], "s--", label="plain")
-    ax2.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="tokens per episode", title="cost")
+    ax2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="context length (tokens)",
+        ylabel="tokens per episode",
+        title="cost",
+    )
     ax2.legend()
     fig.suptitle(title)
     fig.tight_layout()
@@ -136,8 +157,13 @@ def main(args: Any) -> int:
 
     lengths = [x.strip() for x in args.lengths.split(",") if x.strip()]
     eval_config = EvalConfig(
-        task=args.task, dataset=args.dataset, lengths=lengths, episodes=args.episodes,
-        model=args.model, seed=args.seed, out=str(Path(args.out) / "rlm"),
+        task=args.task,
+        dataset=args.dataset,
+        lengths=lengths,
+        episodes=args.episodes,
+        model=args.model,
+        seed=args.seed,
+        out=str(Path(args.out) / "rlm"),
     )
     episode_config = load_config(args.config, dict(args.set or []))
     tasks = build_tasks(eval_config)

@@ -258,7 +258,9 @@ class Episode:
         except Exception as e:  # noqa: BLE001 - root engine failures are infrastructure
             self.flag_infra(f"root model call {call_id} failed: {type(e).__name__}: {e}")
             self.record.calls.append(
-                ModelCall(id=call_id, role=self._role(), depth=self.depth, error=str(e), finish_reason="error")
+                ModelCall(
+                    id=call_id, role=self._role(), depth=self.depth, error=str(e), finish_reason="error"
+                )
             )
             return None
         self.record.model_time_s += time.monotonic() - started
@@ -336,7 +338,9 @@ class Episode:
         record = await child.run()
         self.record.children.append(record)
         pool = self.ledger.pool
-        pool.add_sub_tokens(record.budget.get("root_prompt_tokens", 0), record.budget.get("root_completion_tokens", 0))
+        pool.add_sub_tokens(
+            record.budget.get("root_prompt_tokens", 0), record.budget.get("root_completion_tokens", 0)
+        )
         if record.flags.infra_failure:
             self.flag_infra(f"child episode {index} hit an infrastructure failure")
         if record.answer.status == "none":

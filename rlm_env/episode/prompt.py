@@ -48,7 +48,11 @@ def context_description(meta: dict[str, Any], max_items_listed: int = 20) -> str
         item_lengths = meta.get("item_lengths") or []
         if item_lengths:
             shown = ", ".join(f"{n:,}" for n in item_lengths[:max_items_listed])
-            more = f", ... ({len(item_lengths) - max_items_listed} more)" if len(item_lengths) > max_items_listed else ""
+            more = (
+                f", ... ({len(item_lengths) - max_items_listed} more)"
+                if len(item_lengths) > max_items_listed
+                else ""
+            )
             lines.append(f"Item lengths in characters: {shown}{more}.")
     prefix = meta.get("prefix", "")
     if prefix:

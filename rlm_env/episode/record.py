@@ -162,7 +162,9 @@ def check_record(data: dict[str, Any]) -> EpisodeRecord:
     """Parse one record, refusing a schema version this code does not know."""
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ValueError(f"trajectory schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        raise ValueError(
+            f"trajectory schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+        )
     return EpisodeRecord.model_validate(data)
 
 

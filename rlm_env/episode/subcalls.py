@@ -120,7 +120,12 @@ class SubCallRouter:
         return completion.text
 
     def _call_record(
-        self, call_id: str, messages: list, completion: Completion | None, started: float, error: str | None = None
+        self,
+        call_id: str,
+        messages: list,
+        completion: Completion | None,
+        started: float,
+        error: str | None = None,
     ) -> ModelCall:
         ep = self.episode
         keep_ids = ep.config.sub_call_policy == "trained"

@@ -59,12 +59,18 @@ class TextEpisode:
         self._close_episode()
         self.record = None
         self.episode = Episode(
-            task, self.config, root_model=self.sub_model, sub_model=self.sub_model,
-            episode_id=episode_id, rubric=self.rubric,
+            task,
+            self.config,
+            root_model=self.sub_model,
+            sub_model=self.sub_model,
+            episode_id=episode_id,
+            rubric=self.rubric,
         )
         messages = self._loop.run(self.episode.start())
         if self.episode.done:
-            self.record = self._loop.run(self.episode.finish(self.episode.record.stop_reason or "sandbox_error"))
+            self.record = self._loop.run(
+                self.episode.finish(self.episode.record.stop_reason or "sandbox_error")
+            )
             return "", self._info()
         observation = "\n\n".join(m["content"] for m in messages)
         return observation, {**self._info(), "messages": messages}

@@ -128,14 +128,18 @@ def count_tokens_fallback(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
 
 
-def chat_prompt_ids(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool = True) -> list[int]:
+def chat_prompt_ids(
+    tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool = True
+) -> list[int]:
     """The exact prompt ids an engine feeds for `messages`: the tokenizer's chat template,
     rendered and tokenized in one step, as a plain list (transformers 5 returns a mapping).
 
     Every engine here renders prompts with this helper, so an episode that builds token-in
     prompts with it gets the same ids the engine would have produced from the messages.
     """
-    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    rendered = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=add_generation_prompt, tokenize=True
+    )
     if hasattr(rendered, "keys"):  # BatchEncoding / dict
         rendered = rendered["input_ids"]
     return [int(token) for token in rendered]

@@ -54,7 +54,10 @@ class ScriptedPolicy:
             text=text,
             finish_reason="stop",
             model=self.name,
-            extras={"estimated_prompt_tokens": prompt_tokens, "estimated_completion_tokens": count_tokens_fallback(text)},
+            extras={
+                "estimated_prompt_tokens": prompt_tokens,
+                "estimated_completion_tokens": count_tokens_fallback(text),
+            },
         )
 
     async def close(self) -> None:
