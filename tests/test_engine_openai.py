@@ -1,0 +1,111 @@
+"""OpenAI-compatible HTTP client against real servers.
+
+One real vLLM OpenAI server on 127.0.0.1 (started once for the module, ~40 s) checks the
+token-ids extension and logprobs; a closed port checks refusal handling; and a tiny stdlib
+HTTP server that speaks like a plain OpenAI endpoint (no token ids, a 503 first) checks the
+fallback and retry paths without an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rlm_env.models import EngineConfig, ModelError, SamplingParams, chat_prompt_ids
+from rlm_env.models.openai_http import OpenAIChatClient
+from rlm_env.models.openai_server import free_port, launch_vllm_server
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(default_model_path):
+    config = EngineConfig(max_model_len=4096, kvcache_gb=0.5)
+    with launch_vllm_server(str(default_model_path), served_model_name="smol", config=config) as server:
+        print(f"\n[vllm_server] healthy after {server.start_seconds:.1f} s")
+        yield server
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+async def test_vllm_server_returns_token_ids_and_logprobs(vllm_server, default_model_path):
+    from transformers import AutoTokenizer
+
+    client = OpenAIChatClient(vllm_server.base_url, "smol", timeout_s=60)
+    try:
+        completion = await client.generate(QUESTION, SamplingParams(max_tokens=40, temperature=0.0))
+        tokenizer = AutoTokenizer.from_pretrained(default_model_path)
+        assert completion.token_ids_available, completion.extras
+        assert completion.prompt_token_ids == chat_prompt_ids(tokenizer, QUESTION)
+        assert len(completion.logprobs) == len(completion.completion_token_ids)
+        assert tokenizer.decode(completion.completion_token_ids, skip_special_tokens=True) == completion.text
+        assert "Paris" in completion.text and completion.finish_reason == "stop"
+        short = await client.generate(QUESTION, SamplingParams(max_tokens=3, temperature=0.7, seed=1))
+        assert short.finish_reason == "length" and len(short.completion_token_ids) == 3
+    finally:
+        await client.close()
+
+
+async def test_closed_port_raises_model_error_after_retries():
+    client = OpenAIChatClient(f"http://127.0.0.1:{free_port()}", "nothing", max_retries=2, backoff_s=0.01)
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match="failed after 3 attempts: connection failed"):
+        await client.generate(QUESTION, SamplingParams(max_tokens=4))
+    assert time.perf_counter() - started < 5
+    await client.close()
+
+
+class _PlainOpenAIHandler(BaseHTTPRequestHandler):
+    """Answers like a server without vLLM's extensions; the first POST gets a 503."""
+
+    posts = 0
+
+    def do_POST(self):  # noqa: N802 (stdlib name)
+        type(self).posts += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if type(self).posts == 1:
+            self.send_response(503)
+            self.end_headers()
+            return
+        reply = {
+            "model": body["model"],
+            "choices": [
+                {
+                    "message": {"role": "assistant", "content": "Paris."},
+                    "finish_reason": "stop",
+                    "logprobs": {
+                        "content": [{"token": "Paris", "logprob": -0.1}, {"token": ".", "logprob": -0.2}]
+                    },
+                }
+            ],
+        }
+        payload = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+async def test_server_without_token_ids_and_a_503_is_retried():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PlainOpenAIHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = OpenAIChatClient(f"http://127.0.0.1:{server.server_port}/v1", "plain", backoff_s=0.01)
+    try:
+        completion = await client.generate(QUESTION, SamplingParams(max_tokens=4))
+    finally:
+        await client.close()
+        server.shutdown()
+    assert completion.text == "Paris."
+    assert completion.prompt_token_ids is None and completion.completion_token_ids is None
+    assert completion.extras["token_ids_missing"] == "server did not return token ids"
+    assert completion.logprobs == [-0.1, -0.2]
+    assert completion.extras["retries"] == 1
