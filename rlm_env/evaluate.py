@@ -190,6 +190,7 @@ def summarize(records: list[EpisodeRecord]) -> list[dict[str, Any]]:
                 "accuracy": mean([r.rewards.get("correctness", 0.0) for r in group]),
                 "answered": mean([1.0 if r.answer.status != "none" else 0.0 for r in group]),
                 "mean_turns": mean([r.budget.get("root_turns", 0) for r in group]),
+                "mean_cells": mean([len(r.cells) for r in group]),
                 "mean_sub_calls": mean([r.budget.get("sub_calls", 0) for r in group]),
                 "mean_root_tokens": mean(
                     [
@@ -218,30 +219,36 @@ def _count(values: Any) -> dict[str, int]:
     return counts
 
 
+SUMMARY_COLUMNS = {
+    "length": "length",
+    "episodes": "eps",
+    "accuracy": "acc",
+    "answered": "answered",
+    "mean_turns": "turns",
+    "mean_cells": "cells",
+    "mean_sub_calls": "sub-calls",
+    "mean_root_tokens": "root tok",
+    "mean_sub_tokens": "sub tok",
+    "mean_wall_s": "wall s",
+    "infra_failures": "infra",
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
+
+
 def print_summary(rows: list[dict[str, Any]], title: str) -> None:
+    """The per-length table (means per episode), narrow enough for an 80-column terminal."""
     table = Table(title=title)
-    for name in (
-        "length",
-        "episodes",
-        "accuracy",
-        "answered",
-        "mean_turns",
-        "mean_sub_calls",
-        "mean_root_tokens",
-        "mean_sub_tokens",
-        "mean_wall_s",
-        "infra_failures",
-    ):
-        table.add_column(name, justify="right")
+    for header in SUMMARY_COLUMNS.values():
+        table.add_column(header, justify="right")
     for row in rows:
-        table.add_row(
-            *(
-                f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k])
-                for k in row
-                if k != "stop_reasons"
-            )
-        )
-    Console().print(table)
+        cells = [row[key] for key in SUMMARY_COLUMNS]
+        table.add_row(*(_fmt(v) for v in cells))
+    Console(width=max(100, Console().width)).print(table)
 
 
 def main(args: Any) -> int:

@@ -85,6 +85,9 @@ class EpisodeConfig(_Frozen):
     """Keep sub-call prompts in the record (large; turn off for big collection runs)."""
     stop_on_truncated_reply: bool = False
     """End the episode at the first root reply cut by max_tokens (a straggler guard for RL)."""
+    code_fence_languages: tuple[str, ...] = ("repl",)
+    """Fence tags whose blocks run. The RLM contract runs only ```repl; small models that
+    cannot help writing ```python may be given ("repl", "python") (the demo does)."""
     system_prompt: str | None = None
     """Override the built-in root system prompt (it must still explain the REPL)."""
 

@@ -138,7 +138,7 @@ class Episode:
         self.transcript.add_reply(reply)
         if reply.finish_reason == "length" and self.config.stop_on_truncated_reply:
             return self._end("truncated_reply")
-        parsed = parse_reply(reply.text)
+        parsed = parse_reply(reply.text, self.config.code_fence_languages)
         sections: list[str] = []
         answer_state = None
         for index, code in enumerate(parsed.code_blocks):

@@ -30,14 +30,15 @@ class ParsedReply:
     """Variable name of a prose FINAL_VAR(...), only when there are no repl blocks."""
 
 
-def parse_reply(text: str) -> ParsedReply:
+def parse_reply(text: str, languages: tuple[str, ...] = ("repl",)) -> ParsedReply:
+    """Split a reply into runnable blocks (fences tagged with one of `languages`) and the rest."""
     blocks: list[str] = []
     other: list[str] = []
     unclosed = False
     for match in _FENCE.finditer(text):
         lang, body = match.group(1).lower(), match.group(2)
         closed = match.group("close") is not None
-        if lang == "repl":
+        if lang in languages:
             if closed:
                 blocks.append(body.rstrip("\n"))
             else:

@@ -70,7 +70,9 @@ def build_root_messages(question: str, meta: dict[str, Any], config: EpisodeConf
         cell_timeout=config.sandbox.cell_timeout_s,
         max_output=config.sandbox.max_output_chars,
     )
-    user = f"{context_description(meta)}\n\nQuestion: {question}"
+    user = (
+        f"{context_description(meta)}\n\nQuestion: {question}\n\nReply with a ```repl block of Python code."
+    )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
