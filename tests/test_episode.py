@@ -274,3 +274,22 @@ def test_config_loads_from_toml(tmp_path):
     path.write_text("[episode.budget]\nmax_root_turns = 3\n[episode.sandbox]\ncell_timeout_s = 9\n")
     cfg = load_config(path, {"budget.max_sub_calls": 7})
     assert (cfg.budget.max_root_turns, cfg.sandbox.cell_timeout_s, cfg.budget.max_sub_calls) == (3, 9, 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "languages", "blocks", "unclosed", "text_final"),
+    [
+        ("```repl\na = 1\n```\n```repl\nb = 2\n```", ("repl",), ["a = 1", "b = 2"], False, None),
+        ("```python\nx = 1\n```", ("repl",), [], False, None),
+        ("```python\nx = 1\n```", ("repl", "python"), ["x = 1"], False, None),
+        ("```repl\nprint(1)", ("repl",), [], True, None),
+        ("All done.\nFINAL(42)", ("repl",), [], False, "42"),
+        ("```repl\nFINAL(1)\n```\nFINAL(2)", ("repl",), ["FINAL(1)"], False, None),
+        ("I will call FINAL(x) once I know x.", ("repl",), [], False, None),
+    ],
+)
+def test_parse_reply(text, languages, blocks, unclosed, text_final):
+    from rlm_env.episode.parsing import parse_reply
+
+    parsed = parse_reply(text, languages)
+    assert (parsed.code_blocks, parsed.unclosed_repl_block, parsed.text_final) == (blocks, unclosed, text_final)

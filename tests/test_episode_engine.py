@@ -19,7 +19,9 @@ TASK = Task(id="e2e", context="filler line\n" * 200 + "The key is 4411.\n", ques
 
 
 async def test_scripted_root_with_real_sub_calls(vllm_client):
-    cfg = config_from_dict({"sub_call_policy": "trained", "sub_sampling": {"max_tokens": 12, "temperature": 0.0}})
+    cfg = config_from_dict(
+        {"sub_call_policy": "trained", "sub_sampling": {"max_tokens": 12, "temperature": 0.0}}
+    )
     code = (
         "one = llm_query('Say hello in one word.')\n"
         "many = llm_batch(['Name a color.', 'Name a fruit.', 'Name an animal.'])\n"
@@ -65,3 +67,25 @@ async def test_real_root_model_episode_records_an_exact_training_sample(vllm_cli
     assert masked_logprobs == [lp for c in roots for lp in c.logprobs]
     samples, dropped = samples_from_records([record])
     assert (len(samples), dropped) == (1, {}) or record.flags.infra_failure
+
+
+async def test_eval_and_quality_benchmark_on_the_real_engine(vllm_client, tmp_path):
+    from rlm_env.bench.quality import run_quality
+    from rlm_env.evaluate import summarize
+    from rlm_env.tasks import make_tasks
+
+    tasks = make_tasks("niah", [2000], 1, split="test", seed=3)
+    for t in tasks:
+        t.metadata["length_label"] = "2k"
+    cfg = config_from_dict(
+        {"budget": {"max_root_turns": 2, "context_window": 4096}, "root_sampling": {"max_tokens": 64}}
+    )
+    rows = await run_quality(tasks, vllm_client, cfg, tmp_path, ["2k"], "smoke")
+    assert rows[0]["episodes"] == 1 and 0.0 <= rows[0]["rlm_score"] <= 1.0
+    assert rows[0]["plain_tokens_per_episode"] > 0
+    for name in ("quality.json", "quality.md", "quality.png", "plain.jsonl", "rlm/trajectories.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0
+    from rlm_env.episode import read_records
+
+    (summary,) = summarize(read_records(tmp_path / "rlm" / "trajectories.jsonl"))
+    assert summary["episodes"] == 1 and summary["infra_failures"] == 0

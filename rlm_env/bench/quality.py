@@ -150,9 +150,28 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def main(args: Any) -> int:
+async def run_quality(
+    tasks: list[Task], model: Any, episode_config: Any, out: Path, lengths: list[str], title: str
+) -> list[dict[str, Any]]:
+    """Run both arms on the same tasks and engine, write every output, return the table rows."""
     from rewards import Rubric, RubricConfig
-    from rlm_env.evaluate import build_tasks, print_summary, summarize
+
+    out.mkdir(parents=True, exist_ok=True)
+    eval_config = EvalConfig(out=str(out / "rlm"), concurrency=4)
+    records = await run_eval(eval_config, episode_config, tasks, model, model, Rubric(RubricConfig()))
+    window = episode_config.budget.context_window
+    plain = await asyncio.gather(*(plain_call(model, t, window, 64) for t in tasks))
+    with open(out / "plain.jsonl", "w") as f:
+        for p in plain:
+            f.write(json.dumps(p, default=str) + "\n")
+    wanted = {episode_id_for(t) for t in tasks}
+    rows = table_rows([r for r in records if r.episode_id in wanted], list(plain), lengths)
+    write_outputs(out, rows, title)
+    return rows
+
+
+def main(args: Any) -> int:
+    from rlm_env.evaluate import build_tasks
     from rlm_env.models import EngineConfig, build_model
 
     lengths = [x.strip() for x in args.lengths.split(",") if x.strip()]
@@ -163,33 +182,22 @@ def main(args: Any) -> int:
         episodes=args.episodes,
         model=args.model,
         seed=args.seed,
-        out=str(Path(args.out) / "rlm"),
     )
     episode_config = load_config(args.config, dict(args.set or []))
     tasks = build_tasks(eval_config)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    title = f"{args.task or args.dataset}: {args.model} as RLM vs plain ({args.episodes} episodes per length)"
 
-    async def _run() -> tuple[list[Any], list[dict[str, Any]]]:
+    async def _run() -> list[dict[str, Any]]:
         model = build_model(args.model, role="root", config=EngineConfig())
         try:
-            records = await run_eval(eval_config, episode_config, tasks, model, model, Rubric(RubricConfig()))
-            window = episode_config.budget.context_window
-            plain = await asyncio.gather(*(plain_call(model, t, window, 64) for t in tasks))
-            return records, list(plain)
+            return await run_quality(
+                tasks, model, episode_config, out, lengths if not args.dataset else ["dataset"], title
+            )
         finally:
             await model.close()
 
-    records, plain = asyncio.run(_run())
-    with open(out / "plain.jsonl", "w") as f:
-        for p in plain:
-            f.write(json.dumps(p, default=str) + "\n")
-    by_id = {episode_id_for(t): t for t in tasks}
-    records = [r for r in records if r.episode_id in by_id]
-    rows = table_rows(records, plain, lengths if not args.dataset else ["dataset"])
-    title = f"{args.task or args.dataset}: {args.model} as RLM vs plain ({args.episodes} episodes per length)"
-    write_outputs(out, rows, title)
-    print_summary(summarize(records), "RLM episodes")
+    asyncio.run(_run())
     print((out / "quality.md").read_text())
-    print(f"plot: {out / 'quality.png'}")
+    print(f"raw: {out / 'rlm' / 'trajectories.jsonl'}, {out / 'plain.jsonl'}\nplot: {out / 'quality.png'}")
     return 0
