@@ -30,6 +30,7 @@ from rich.table import Table
 
 from rlm_env.episode import Episode, EpisodeConfig, EpisodeRecord, TrajectoryWriter, read_records
 from rlm_env.episode.config import config_from_dict
+from rlm_env.sandbox import SandboxPool
 from rlm_env.tasks.base import Task
 
 console = Console(stderr=True)
@@ -131,11 +132,19 @@ async def run_eval(
     records = [done[episode_id_for(t)] for t in tasks if episode_id_for(t) in done]
     semaphore = asyncio.Semaphore(config.concurrency)
     writer = TrajectoryWriter(path)
+    # Warm sandboxes: a cold start is most of the environment's own time in short episodes.
+    pool = SandboxPool(episode_config.sandbox, size=min(config.concurrency, 8))
 
     async def one(task: Task) -> EpisodeRecord:
         async with semaphore:
             episode = Episode(
-                task, episode_config, root_model, sub_model, episode_id=episode_id_for(task), rubric=rubric
+                task,
+                episode_config,
+                root_model,
+                sub_model,
+                episode_id=episode_id_for(task),
+                rubric=rubric,
+                sandbox_pool=pool,
             )
             try:
                 return await episode.run()
@@ -168,6 +177,7 @@ async def run_eval(
                 progress.update(bar, advance=1, description=f"last: {record.stop_reason}")
     finally:
         writer.close()
+        await pool.close()
     return records
 
 

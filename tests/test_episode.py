@@ -292,4 +292,8 @@ def test_parse_reply(text, languages, blocks, unclosed, text_final):
     from rlm_env.episode.parsing import parse_reply
 
     parsed = parse_reply(text, languages)
-    assert (parsed.code_blocks, parsed.unclosed_repl_block, parsed.text_final) == (blocks, unclosed, text_final)
+    assert (parsed.code_blocks, parsed.unclosed_repl_block, parsed.text_final) == (
+        blocks,
+        unclosed,
+        text_final,
+    )

@@ -180,3 +180,12 @@ def test_length_accuracy_real_tokenizer(family, length):
     assert abs(n - length) / length <= 0.10, (n, length)
     assert t.metadata["length_measure"] == "exact"
     assert abs(t.metadata["length_tokens"] - n) / n < 0.01
+
+
+@pytest.mark.parametrize("family", ["niah", "oolong", "oolong_pairs"])
+def test_generated_text_contexts_are_ascii(family):
+    """Pure-ASCII text is what lets 16 episodes share one copy of a context (see BENCHMARKS.md)."""
+    from rlm_env.tasks import make_tasks
+
+    for task in make_tasks(family, [8000], 3, split="test", seed=11):
+        assert isinstance(task.context, str) and task.context.isascii()

@@ -101,7 +101,9 @@ class SubCallRouter:
         async with pool:
             try:
                 timeout = max(0.1, min(ep.config.budget.sub_call_timeout_s, pool.seconds_left()))
-                completion = await asyncio.wait_for(ep.sub_model.generate(messages, params), timeout)
+                # asyncio.timeout, not wait_for: wait_for wraps every call in an extra task.
+                async with asyncio.timeout(timeout):
+                    completion = await ep.sub_model.generate(messages, params)
             except (ModelError, TimeoutError) as e:
                 pool.sub_calls_failed += 1
                 if isinstance(e, TimeoutError) and pool.seconds_left() <= 0:

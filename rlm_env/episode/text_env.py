@@ -98,6 +98,7 @@ class TextEpisode:
             "stop_reason": rec.stop_reason,
             "answer": rec.answer.model_dump(),
             "flags": rec.flags.model_dump(),
+            "rewards": dict(rec.rewards),
             "budget": self.episode.ledger.snapshot(),
         }
 

@@ -22,6 +22,7 @@ import os
 import random
 import re
 import sysconfig
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,18 @@ def _excerpt(text: str, rng: random.Random, size: int) -> str:
 
 
 def _real_piece(source: str, rng: random.Random) -> str:
+    """A piece of real text, folded to ASCII: a pure-ASCII context is what lets every episode's
+    REPL share one copy of it in memory (the sandbox maps ASCII text files straight into str)."""
+    return _to_ascii(_real_piece_raw(source, rng))
+
+
+def _to_ascii(text: str) -> str:
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def _real_piece_raw(source: str, rng: random.Random) -> str:
     files = _files(source)
     for _ in range(8):
         path = files[rng.randrange(len(files))]
