@@ -297,3 +297,12 @@ def test_parse_reply(text, languages, blocks, unclosed, text_final):
         unclosed,
         text_final,
     )
+
+
+async def test_root_transcript_is_stored_once_and_each_call_points_into_it():
+    record, policy = await run([repl("x = 1"), "thinking", repl("FINAL(x)")])
+    roots = [c for c in record.calls if c.role == "root"]
+    assert [c.num_messages for c in roots] == [2, 4, 6]
+    for call, seen in zip(roots, policy.seen, strict=True):
+        assert call.messages is None and record.root_messages[: call.num_messages] == seen
+    assert record.root_messages[-1] == {"role": "assistant", "content": repl("FINAL(x)")}

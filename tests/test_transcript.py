@@ -43,7 +43,7 @@ async def test_root_sample_is_append_only_and_masked(tokenizer):
     # The last prompt, built turn by turn from ids, decodes to the chat template's rendering.
     last_prompt = tokenizer.decode(policy.prompts[-1])
     rendered = tokenizer.apply_chat_template(
-        record.calls[-1].messages, tokenize=False, add_generation_prompt=True
+        record.root_messages[: record.calls[-1].num_messages], tokenize=False, add_generation_prompt=True
     )
     assert last_prompt == rendered
 

@@ -206,6 +206,7 @@ class Episode:
         self.record.budget = self.ledger.snapshot()
         if self.transcript is not None:
             self.record.root_sample = self.transcript.sample
+            self.record.root_messages = [dict(m) for m in self.transcript.messages]
         self.record.wall_time_s = round(time.monotonic() - self._started, 4) if self._started else 0.0
         if self.rubric is not None and not self.record.rewards:
             self.record.rewards = await self.rubric.score(self.record, self.task, judge=self.sub_model)
@@ -284,7 +285,7 @@ class Episode:
                 role=self._role(),
                 depth=self.depth,
                 parent_id=self.parent_call_id,
-                messages=[dict(m) for m in self.transcript.messages] if self.depth == 0 else None,
+                num_messages=len(self.transcript.messages),
                 completion_text=c.text,
                 prompt_token_ids=c.prompt_token_ids,
                 completion_token_ids=c.completion_token_ids,

@@ -52,7 +52,11 @@ class ModelCall(BaseModel):
     parent_id: str | None = None
     """For sub-calls: the root call whose code issued it. For child turns: the parent's call."""
     messages: list[dict[str, str]] | None = None
-    """The chat messages sent (root calls keep them; sub-calls keep them when configured)."""
+    """The chat messages sent, for sub-calls (when configured). Root and child turns keep theirs
+    once, in `EpisodeRecord.root_messages`: see `num_messages`."""
+    num_messages: int | None = None
+    """For root and child turns: the prompt was `root_messages[:num_messages]` (the transcript
+    is append-only, so storing it once per episode loses nothing)."""
     completion_text: str = ""
     prompt_token_ids: list[int] | None = None
     completion_token_ids: list[int] | None = None
@@ -135,6 +139,8 @@ class EpisodeRecord(BaseModel):
     config: dict[str, Any]
     context_meta: dict[str, Any] = Field(default_factory=dict)
     sandbox_mode: str = ""
+    root_messages: list[dict[str, str]] = Field(default_factory=list)
+    """The whole root transcript as chat messages (system, user, then replies and observations)."""
     calls: list[ModelCall] = Field(default_factory=list)
     cells: list[CellRecord] = Field(default_factory=list)
     root_sample: RootSample = Field(default_factory=RootSample)
