@@ -107,7 +107,9 @@ async def test_worker_killed_mid_cell_is_restarted_and_flagged():
     episode = Episode(tasks(1)[0], config_from_dict({}), policy, UpperCaseSubModel())
 
     async def kill_worker_soon():
-        await asyncio.sleep(1.5)  # inside the second cell's sleep
+        while len(episode.record.cells) < 1:  # the first cell is done: the second one is next
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.0)  # well inside the second cell's 5 s sleep
         for pid in episode.sandbox.pids():
             os.kill(pid, signal.SIGKILL)
 
