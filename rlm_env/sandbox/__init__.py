@@ -5,7 +5,7 @@ whether by accident (RL finds every hole) or by design. What it may harm is its 
 what it must not harm is the host (the trainer, the engines, other episodes, the machine).
 
 WHAT THE SANDBOX GUARANTEES (bwrap mode, x86_64 Linux, host running as root), each claim proven
-by the tests named after it in tests/test_escape.py (and tests/test_sandbox_pool.py):
+by the tests named after it in tests/test_escape_*.py (and tests/test_sandbox_pool.py):
 
 1. Host files are out of sight. The worker's root is an empty tmpfs holding, read-only, only the
    interpreter's lib/ tree and executable (under /opt/rlm/python), the environment's
