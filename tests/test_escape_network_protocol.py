@@ -1,11 +1,7 @@
 """Escape suite, part: the network, the host protocol, and what is left behind.
 
-Escape attempts against the real bubblewrap sandbox.
-
-Every test plays one attack as model-written code, asserts that it failed, and asserts that the
-host is intact: the host process and a canary host process are alive, the host still forks, and
-the sandbox (restarted if need be) still answers. Each claim of the threat model in
-`rlm_env.sandbox` is backed by at least one test here (named in the docstring's claims).
+The same method as tests/test_escape_files.py: each test plays one attack as model-written code
+through the real bwrap sandbox and checks both that it failed and that the host is intact.
 """
 
 # ruff: noqa: F811 - pytest fixtures imported from tests.sandbox_helpers are test arguments
