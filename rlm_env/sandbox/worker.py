@@ -262,7 +262,8 @@ def handle(msg):
         if op == "lookup":
             return lookup(msg.get("name"))
         if op == "vars":
-            return {"op": "vars", "vars": {clean(str(k)): clean(str(v)) for k, v in SHOW_VARS().items()}}
+            shown = list(SHOW_VARS().items())[:10_000]  # the host shows no more (frame item limit)
+            return {"op": "vars", "vars": {clean(str(k)): clean(str(v)) for k, v in shown}}
     except BaseException as e:  # noqa: B036 - the host always gets an answer of the kind it asked for
         TIMER.stop()
         err = f"{type(e).__name__}: the worker failed while serving this request"

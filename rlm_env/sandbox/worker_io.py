@@ -20,6 +20,35 @@ HDR = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 
 
+ITEMS_FAST = 10_000
+
+
+def _items(data):
+    """What the host counts to bound a frame's JSON items (protocol.count_items)."""
+    return data.count(b",") + data.count(b"[") + data.count(b"{")
+
+
+def _escape_str(s):
+    """A JSON string literal whose `,`, `[` and `{` are \\u escapes: the host counts only
+    structural ones then. (No other escape JSON writes contains those characters.)"""
+    lit = json.encoder.encode_basestring_ascii(s)
+    return lit.replace(",", "\\u002c").replace("[", "\\u005b").replace("{", "\\u007b")
+
+
+def _encode_escaped(msg):
+    """json.dumps(msg, ensure_ascii=True, allow_nan=False), with strings escaped as above."""
+
+    def floatstr(o, _repr=float.__repr__):
+        if o != o or o in (float("inf"), float("-inf")):
+            raise ValueError("Out of range float values are not JSON compliant")
+        return _repr(o)
+
+    iterencode = json.encoder._make_iterencode(
+        {}, None, _escape_str, None, floatstr, ": ", ", ", False, False, True
+    )
+    return "".join(iterencode(msg, 0))
+
+
 class CellTimeout(BaseException):
     """Raised inside a cell that ran past its time limit (BaseException: `except Exception` misses it)."""
 
@@ -42,6 +71,8 @@ class Channel:
     @staticmethod
     def encode(msg):
         data = json.dumps(msg, ensure_ascii=True, allow_nan=False).encode("ascii")
+        if _items(data) > ITEMS_FAST:  # many commas or brackets: maybe inside strings
+            data = _encode_escaped(msg).encode("ascii")
         return HDR.pack(len(data)) + data
 
     def send(self, msg):
