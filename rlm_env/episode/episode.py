@@ -102,6 +102,9 @@ class Episode:
             self.done = True
             self.record.stop_reason = "sandbox_error"
             return []
+        # (sandbox hardening, issue 13) A child's context is its parent's one-off prompt: remove
+        # its file from the shared store when the child's sandbox closes.
+        self.sandbox.discard_context_on_close = self.depth > 0
         self.record.sandbox_mode = self.sandbox.mode
         self.record.flags.sandbox_mode_warning = self.sandbox.mode_warning
         messages = build_root_messages(self.task.question, meta, self.config)

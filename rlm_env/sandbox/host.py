@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlm_env.sandbox import context_gc
 from rlm_env.sandbox.calls import serve_call
 from rlm_env.sandbox.config import SandboxConfig
 from rlm_env.sandbox.context import PreparedContext
@@ -97,6 +98,11 @@ class Sandbox:
         self._seq = 0
         self._pending_note: str | None = None  # a restart to report with the next cell
         self._last_note: str | None = None
+        self.discard_context_on_close = False
+        """Remove the context's store file when this (the last sandbox here on it) closes: for
+        one-off contexts such as an rlm_query child's prompt (see context_gc)."""
+        context_gc.sweep_default_store_once()
+        context_gc.hold(context)
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -131,7 +137,9 @@ class Sandbox:
 
     async def close(self) -> None:
         """Kill the worker and everything it started. Idempotent."""
-        self.closed = True
+        if not self.closed:
+            self.closed = True
+            context_gc.release(self.context, self.discard_context_on_close)
         if self._worker is not None:
             await self._worker.kill()
             self._worker = None

@@ -305,6 +305,7 @@ def build_launch(config: SandboxConfig, mode: str, sock_fd: int) -> LaunchSpec:
         "cell_timeout": config.cell_timeout_s,
         "max_output_chars": config.max_output_chars,
         "answer_max_bytes": config.answer_max_bytes,
+        "max_batch": config.max_batch_prompts,
         "site": site,
     }
     io_src, worker_src = _sources()

@@ -92,6 +92,8 @@ def llm_batch(prompts, **sampling):
     """Ask a sub-model many prompts concurrently; returns the replies in the same order."""
     if isinstance(prompts, tuple):
         prompts = list(prompts)
+    if isinstance(prompts, list) and len(prompts) > CFG.get("max_batch", 1 << 62):  # the host refuses more
+        raise SubCallError(f"llm_batch: {len(prompts):,} prompts; at most {CFG['max_batch']:,} per call")
     return _call("llm_batch", {"prompts": prompts, "sampling": sampling})
 
 
