@@ -178,7 +178,7 @@ async def test_many_empty_files_in_tmp_are_bounded_by_the_cgroup(sandboxes, cana
         "    print(n, e)"
     )
     # the cgroup's limit (256 + 1 + 16 MB) is reached long before 400k files (~500 MB of inodes)
-    assert r.worker_restarted and r.exit_signal == 9, r
+    assert r.worker_restarted and r.exit_signal == 9 and r.oom_killed and "memory limit" in r.error, r
     assert not cgroup.path.exists()  # removed with its worker
     await assert_host_intact(sb, canary)
 
@@ -228,7 +228,7 @@ async def test_huge_llm_batch_frames_do_not_stall_a_bystander(sandboxes, canary)
     attacker, bystander = await sandboxes(handler=handler), await sandboxes()
     code = FIND_SOCKET + (
         'body = b\'{"op": "call", "id": 1, "fn": "llm_batch", "args": {"prompts": [\''
-        " + b'\"\", ' * 20_000_000 + b'\"\"]}}'\n"
+        " + b'\"\",' * 20_000_000 + b'\"\"]}}'\n"
         "for _ in range(6):\n    SOCK.sendall(frame(body))\n"
     )
     stop = asyncio.Event()
@@ -237,7 +237,7 @@ async def test_huge_llm_batch_frames_do_not_stall_a_bystander(sandboxes, canary)
         r = await _bounded(attacker.run_cell(code))
         stop.set()
         worst = await lat
-    assert r.protocol_violation and handler.calls == [], r
+    assert r.protocol_violation and "JSON items" in r.error and handler.calls == [], r
     assert worst < 0.5, f"a bystander's 1 ms cell took {worst:.2f} s"
     watch.check(max_lag_s=0.3, max_growth_mb=100)
     await assert_host_intact(attacker, canary)
@@ -305,19 +305,23 @@ async def test_forged_result_fields_are_protocol_violations(sandboxes, canary, p
     await assert_host_intact(sb, canary)
 
 
-async def test_a_forged_lookup_cannot_pass_the_answer_cap(sandboxes, canary):
+@pytest.mark.parametrize(
+    ("size", "why"), [(3_000_000, "the cap is 1,000,000 bytes"), (52_000_000, "'lookup' frame (limit")]
+)
+async def test_a_forged_lookup_cannot_pass_the_answer_cap(sandboxes, canary, size, why):
+    """A prose FINAL_VAR reads the variable with `lookup`: a patched worker once returned 52 MB."""
     sb = await sandboxes()
     r = await sb.run_cell(
         "x = 1\n_g = llm_query.__globals__\n"
-        "_g['lookup'] = lambda name: {'op': 'lookup', 'found': True, 'value': 'y' * 52_000_000, 'error': None}"
+        f"_g['lookup'] = lambda name: {{'op': 'lookup', 'found': True, 'value': 'y' * {size}, 'error': None}}"
     )
     assert r.error is None, r
     async with HostWatch() as watch:
         found, value = await _bounded(sb.lookup_variable("x"))
     assert (found, value) == (False, None)
-    watch.check(max_growth_mb=400)  # the 52 MB frame is read, then refused
+    watch.check(max_growth_mb=60)  # 3 MB is read, then refused; 52 MB is refused by its header
     r = await sb.run_cell("print('after')")
-    assert r.worker_restarted and "broke the host protocol" in r.output, r
+    assert r.worker_restarted and "broke the host protocol" in r.output and why in r.output, r
     await assert_host_intact(sb, canary)
 
 
@@ -368,4 +372,23 @@ async def test_terminal_escapes_reach_play_escaped(tmp_path):
     assert "\x1b" not in text and "\x07" not in text
     assert "\\x1b]0;owned\\x07\\x1b[2Jok" in text
     assert summary["flags"]["infra_failure"] is False
+    assert_no_leaked_processes()
+
+
+# ---- the soak --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_soak_of_hostile_episodes_ends_on_time_with_nothing_left_behind():
+    """32 concurrent episodes, each opening with one attack of the rotating mix (figure 7)."""
+    from rlm_env.bench.hardening_figures import HOSTILE, soak
+
+    raw = await asyncio.wait_for(soak(32), timeout=120)
+    assert raw["wall_s"] < 60, raw
+    assert raw["leaked"] == {"processes": 0, "cgroups": 0, "scratch_dirs": 0, "sysv_shm": 0}, raw
+    assert raw["infra_failures"] == [], raw
+    assert set(raw["labels"]) == set(HOSTILE)
+    assert all(label == "answer/confirmed" for labels in raw["labels"].values() for label in labels), raw
+    assert raw["violations"] >= 16  # 4 of each frame attack, and the forged lookups
+    assert raw["host_peak_growth_mb"] < 300 and raw["worst_bystander_cell_s"] < 1.0, raw
     assert_no_leaked_processes()

@@ -74,6 +74,9 @@ class CellResult:
     answer: AnswerState = field(default_factory=AnswerState)
     exit_signal: int | None = None
     """When the worker died on its own during this cell: the signal that ended it, if any."""
+    oom_killed: bool = False
+    """The worker was killed by the kernel for going over its memory cgroup's limit (the model's
+    memory use, like RLIMIT_AS; its exit_signal is 9)."""
     protocol_violation: bool = False
     """The worker (the model's code) broke the host protocol: a malformed or forged frame, a
     frame over the size or item limits, replies left unread. The model's fault, never infra."""
@@ -192,6 +195,9 @@ class Sandbox:
             if frame["op"] == "call":
                 # handler time is not charged
                 await serve_call(worker, frame, self.handler, self.config.max_batch_prompts)
+                # Yield: buffered frames and an unpaused writer never suspend, so a flood of
+                # calls answered at once (e.g. refused by the budget) would starve the loop.
+                await asyncio.sleep(0)
                 continue
             if frame["op"] != reply_op or frame.get("id") != msg["id"]:
                 raise ProtocolViolation(
@@ -223,7 +229,7 @@ class Sandbox:
         self._pending_note = None
         self._last_note = note
         t0 = time.monotonic()
-        exit_signal, violation = None, False
+        exit_signal, violation, oom_killed = None, False, False
         try:
             return await self._request(msg, reply_op, build), None
         except _Deadline:
@@ -236,8 +242,12 @@ class Sandbox:
         except WorkerDied as e:
             code = await self._worker.exit_code() if self._worker else None
             exit_signal = _signal_of(code)
-            why, timed_out = f"died ({_exit_text(code)})", False
-            err = f"WorkerDied: the REPL process died ({_exit_text(code)}): {e}"
+            text = _exit_text(code)
+            cgroup = self._worker.cgroup if self._worker else None
+            if cgroup is not None and cgroup.oom_kills() > 0:
+                text, oom_killed = f"killed by the kernel: over the sandbox's memory limit ({text})", True
+            why, timed_out = f"died ({text})", False
+            err = f"WorkerDied: the REPL process died ({text}): {e}"
         except ProtocolViolation as e:
             why, timed_out, violation = f"broke the host protocol ({e})", False, True
             err = f"ProtocolViolation: {e}"
@@ -257,7 +267,7 @@ class Sandbox:
             output += "\n[sandbox] Last output of the old worker:\n" + tail
         result = CellResult(output=output, error=err, timed_out=timed_out, worker_restarted=True,
                             duration_s=time.monotonic() - t0, answer=self._answer,
-                            exit_signal=exit_signal, protocol_violation=violation)  # fmt: skip
+                            exit_signal=exit_signal, protocol_violation=violation, oom_killed=oom_killed)  # fmt: skip
         return None, result
 
     async def run_cell(self, code: str) -> CellResult:

@@ -61,6 +61,11 @@ class WorkerProcess:
         config = config or SandboxConfig()
         self.io_timeout_s = config.io_timeout_s
         self.max_items = max(MAX_FRAME_ITEMS, config.answer_max_bytes // 2 + 10_000)
+        # A reply's largest honest form: the answer (or a looked-up value) and the output, each
+        # character at most 12 bytes once escaped (a surrogate pair), plus the error and keys.
+        reply = 12 * (config.answer_max_bytes + config.max_output_chars) + (1 << 20)
+        self.op_max_bytes = {"result": reply, "lookup": reply, "vars": 16 << 20, "hello": 1 << 20,
+                             "ready": 1 << 20, "init_failed": 1 << 20}  # fmt: skip
         self.cgroup: MemoryCgroup | None = None
         self.reader: asyncio.StreamReader
         self.writer: asyncio.StreamWriter
@@ -174,7 +179,7 @@ class WorkerProcess:
             raise WorkerDied(f"could not write to the worker ({e})") from None
 
     async def recv(self) -> dict[str, Any]:
-        return await read_frame(self.reader, max_items=self.max_items)
+        return await read_frame(self.reader, max_items=self.max_items, op_max_bytes=self.op_max_bytes)
 
     async def load_context(self, context: PreparedContext, timeout: float) -> float:
         """Pass the context file's descriptor; returns the worker's load time in seconds."""

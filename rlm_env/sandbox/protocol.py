@@ -18,6 +18,7 @@ from __future__ import annotations
 import array
 import asyncio
 import json
+import re
 import socket
 import struct
 from typing import Any
@@ -71,11 +72,21 @@ def count_items(chunk: bytes) -> int:
     return chunk.count(b",") + chunk.count(b"[") + chunk.count(b"{")
 
 
+_OP_PREFIX = re.compile(rb'\{\s*"op"\s*:\s*"([a-z_]{1,32})"')
+
+
 async def read_frame(
-    reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES, max_items: int = MAX_FRAME_ITEMS
+    reader: asyncio.StreamReader,
+    max_bytes: int = MAX_FRAME_BYTES,
+    max_items: int = MAX_FRAME_ITEMS,
+    op_max_bytes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Read and parse one frame, refusing it by size and item count before any parsing; big
-    ones are parsed off the event loop."""
+    ones are parsed off the event loop.
+
+    With `op_max_bytes`, a frame must begin with its op (`{"op": "result", ...`: the worker
+    always writes it first) and is held to that op's own size limit before the rest is read:
+    a reply frame cannot be 50 MB when its largest honest form is a few."""
     try:
         header = await reader.readexactly(HEADER.size)
         (n,) = HEADER.unpack(header)
@@ -84,6 +95,14 @@ async def read_frame(
         chunks, items, left = [], 0, n
         while left:
             chunk = await reader.readexactly(min(left, _CHUNK))
+            if op_max_bytes is not None and not chunks:
+                m = _OP_PREFIX.match(chunk)
+                if m is None:
+                    raise ProtocolViolation("a frame from the worker does not begin with its op")
+                op = m.group(1).decode()
+                limit = op_max_bytes.get(op, max_bytes)
+                if n > limit:
+                    raise ProtocolViolation(f"the worker sent a {n:,}-byte {op!r} frame (limit {limit:,})")
             left -= len(chunk)
             items += count_items(chunk)
             if items > max_items:
