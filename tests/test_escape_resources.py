@@ -252,7 +252,7 @@ class BudgetHandler(RecordingHandler):
 
 async def test_batches_over_the_limits_are_refused_before_the_handler(sandboxes, canary):
     handler = BudgetHandler()
-    sb = await sandboxes(handler=handler)
+    sb = await sandboxes(handler=handler, config=FAST.model_copy(update={"max_batch_prompts": 4096}))
     forged = "llm_query.__globals__['_call']('llm_batch', {{'prompts': [''] * {n}, 'sampling': {{}}}})"
     r = await sb.run_cell(forged.format(n=100_000))  # past the stub's check: over max_batch_prompts
     assert "SubCallError" in r.error and "at most 4,096 per call" in r.error and not r.worker_restarted, r

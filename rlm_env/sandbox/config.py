@@ -63,7 +63,7 @@ class SandboxConfig(BaseModel):
     """Seconds one host write to the worker may wait for the worker to read (a worker that
     floods `call` frames and never reads the replies is a protocol violation after this)."""
 
-    max_batch_prompts: int = Field(default=4096, gt=0)
+    max_batch_prompts: int = Field(default=65_536, gt=0)
     """Most prompts one `llm_batch` frame may carry; more is refused before the handler sees
     it (and before the handler's own budget check, see calls.serve_call)."""
 

@@ -15,7 +15,8 @@ container opens with a raw `[` or `{`, so those three bytes bound the number of 
 `json.loads` can build. The honest worker writes those characters inside strings as \\u escapes
 (worker_io.Channel.encode), so only a forged frame can carry more items than the limit, and it
 is refused after reading at most one chunk past the limit: a 64 MB `[{}, {}, ...]` frame costs
-about 1 MB of host memory, not 1.7 GB.
+about 2 MB of host memory, not 1.7 GB. A reply frame (`result`, `lookup`, `vars`) must also
+begin with its op and is held to that op's size cap (a few MB) before its body is read.
 """
 
 from __future__ import annotations
