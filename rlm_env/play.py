@@ -13,6 +13,7 @@ the answer, its status, the stop reason, the sandbox mode and the flags.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -69,10 +70,9 @@ def _start_reader(stdin: IO[str]) -> asyncio.Queue:
     queue: asyncio.Queue = asyncio.Queue()
 
     def pump() -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed: the episode is over
             for reply in read_replies(stdin):
                 loop.call_soon_threadsafe(queue.put_nowait, reply)
-        finally:
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
     threading.Thread(target=pump, name="play-stdin", daemon=True).start()

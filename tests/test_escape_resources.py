@@ -13,6 +13,7 @@ ballooned or stalled the host, or labelled the model's own episode an infrastruc
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -356,8 +357,6 @@ async def test_stale_context_files_are_swept(tmp_path):
 
 
 async def test_terminal_escapes_reach_play_escaped(tmp_path):
-    import io
-
     from rlm_env.episode.config import config_from_dict
     from rlm_env.play import play
     from rlm_env.tasks.base import Task
@@ -372,6 +371,35 @@ async def test_terminal_escapes_reach_play_escaped(tmp_path):
     assert "\x1b" not in text and "\x07" not in text
     assert "\\x1b]0;owned\\x07\\x1b[2Jok" in text
     assert summary["flags"]["infra_failure"] is False
+    assert_no_leaked_processes()
+
+
+async def test_play_has_a_hard_wall_clock_kill():
+    """An operator (or a script) that never answers cannot hold `play` forever."""
+    from rlm_env.episode.config import config_from_dict
+    from rlm_env.play import play
+    from rlm_env.tasks.base import Task
+    from tests.fakes import UpperCaseSubModel
+
+    read_end, write_end = os.pipe()
+    stdin = os.fdopen(read_end, "r")
+    try:
+        config = config_from_dict({"sandbox": {"mode": "bwrap"}})
+        t0 = time.monotonic()
+        summary = await _bounded(
+            play(
+                Task(id="idle", context="c", question="?"),
+                config,
+                UpperCaseSubModel(),
+                stdin,
+                io.StringIO(),
+                1.0,
+            )
+        )
+        assert time.monotonic() - t0 < 10
+        assert summary["stop_reason"] == "wall_clock" and summary["flags"]["infra_failure"] is False
+    finally:
+        os.close(write_end)  # the reader thread sees EOF and ends
     assert_no_leaked_processes()
 
 
