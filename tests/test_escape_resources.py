@@ -209,7 +209,9 @@ async def test_a_64_mb_frame_of_empty_objects_does_not_balloon_the_host(sandboxe
     async with HostWatch() as watch:
         r = await _bounded(sb.run_cell(code))
     assert r.worker_restarted and r.protocol_violation and "JSON items" in r.error, r
-    watch.check(max_lag_s=0.3, max_growth_mb=100)
+    watch.check(
+        max_lag_s=1.0, max_growth_mb=100
+    )  # (the old host: 4 s and more; 1 s leaves room for a busy CI)
     await assert_host_intact(sb, canary)
 
 
@@ -239,8 +241,10 @@ async def test_huge_llm_batch_frames_do_not_stall_a_bystander(sandboxes, canary)
         stop.set()
         worst = await lat
     assert r.protocol_violation and "JSON items" in r.error and handler.calls == [], r
-    assert worst < 0.5, f"a bystander's 1 ms cell took {worst:.2f} s"
-    watch.check(max_lag_s=0.3, max_growth_mb=100)
+    assert worst < 1.0, f"a bystander's 1 ms cell took {worst:.2f} s"
+    watch.check(
+        max_lag_s=1.0, max_growth_mb=100
+    )  # (the old host: 4 s and more; 1 s leaves room for a busy CI)
     await assert_host_intact(attacker, canary)
 
 

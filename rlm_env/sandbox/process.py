@@ -74,7 +74,7 @@ class WorkerProcess:
         self._ring_len = 0
         self._drain_task: asyncio.Task | None = None
         self.context_shared = False
-        self._ns_init: int | None = None  # pidfd of the pid namespace's init: the worker itself
+        self._ns_init: int | None = None  # pidfd of the pid namespace's init (bwrap's)
         self.killed = False
 
     @property
@@ -235,7 +235,7 @@ class WorkerProcess:
             return
         self.killed = True
         if self._ns_init is not None:
-            # The namespace's init (the worker) first: the kernel then kills everything inside,
+            # The namespace's init first: the kernel then kills everything inside (the worker),
             # and bwrap reaps it and exits. (Killing bwrap first would orphan the worker to the
             # host's pid 1, which is not always quick to reap zombies.)
             with contextlib.suppress(OSError):
@@ -270,7 +270,7 @@ class WorkerProcess:
 
 
 def _pidfd_of_only_child(pid: int) -> int | None:
-    """A pidfd for `pid`'s single child (the worker, init of its namespace), or None if unclear."""
+    """A pidfd for `pid`'s single child (bwrap's init of the namespace), or None if unclear."""
     try:
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         if len(kids) != 1 or not hasattr(os, "pidfd_open"):

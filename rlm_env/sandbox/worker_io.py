@@ -210,8 +210,9 @@ class BytesSink(io.RawIOBase):
 def exit_when_host_goes(fd):
     """A watchdog thread: when the host's end of the socket closes, exit, even mid-cell.
 
-    This is what ends a sandbox whose host crashed: bwrap's die-with-parent signal cannot reach
-    a worker that has changed its uid, and a busy cell would never read the socket's EOF.
+    A second line after the kernel's (bwrap's death kills the namespace's init, and with it this
+    worker; see launch.py), and the only one in rlimit mode. It needs the GIL, so a cell spinning
+    in C code never lets it run: that case is the kernel's alone.
     """
     import _thread
     import select
@@ -238,10 +239,10 @@ def _prctl(*args):
 
 
 def die_with_parent():
-    """PR_SET_PDEATHSIG(SIGKILL) again: changing uid cleared what bwrap set (--die-with-parent).
-
-    (bwrap runs without capabilities, so its death signal cannot cross to another uid anyway;
-    it still covers the uid-less rlimit mode. `exit_when_host_goes` covers the rest.)"""
+    """PR_SET_PDEATHSIG(SIGKILL) for this process: it covers the uid-less modes (rlimit mode:
+    the host is the parent). In bwrap mode as root the parent is bwrap's init, which runs as
+    uid 0 without CAP_KILL, so the kernel drops this signal; there the namespace's init gets
+    bwrap's own death signal instead and takes this worker with it."""
     if _prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG = 1
         os._exit(72)
 
