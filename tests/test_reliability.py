@@ -157,3 +157,21 @@ async def test_the_hard_deadline_ends_a_stuck_episode_as_its_own_budget():
     assert record.stop_reason == "wall_clock" and not record.flags.infra_failure
     assert episode.sandbox is None
     assert_no_leaked_processes()
+
+
+async def test_a_child_rlms_context_file_is_removed_when_it_ends():
+    """rlm_query children once left their prompt in the shared context store forever."""
+    prompt = f"child prompt {os.getpid()}-{asyncio.get_running_loop().time()}"
+    policy = ScriptedPolicy(
+        [repl(f"r = rlm_query({prompt!r})"), repl("FINAL('from the child')"), repl("FINAL(r)")]
+    )
+    cfg = config_from_dict({"budget": {"max_depth": 2}})
+    episode = Episode(tasks(1)[0], cfg, policy, UpperCaseSubModel())
+    record = await asyncio.wait_for(episode.run(), timeout=60)
+    assert record.answer.content == "from the child" and len(record.children) == 1
+    from rlm_env.sandbox.context import default_store_dir
+
+    store = default_store_dir()
+    child_sha, root_sha = record.children[0].context_meta["sha256"], record.context_meta["sha256"]
+    assert not (store / f"{child_sha}.txt").exists()
+    assert (store / f"{root_sha}.txt").exists()  # a task's context is shared: kept (swept when stale)
