@@ -248,6 +248,21 @@ async def test_huge_llm_batch_frames_do_not_stall_a_bystander(sandboxes, canary)
     await assert_host_intact(attacker, canary)
 
 
+async def test_honest_frames_full_of_commas_and_brackets_pass_the_item_bound(sandboxes):
+    """The bound counts raw `,` `[` `{`; the honest worker escapes them inside strings, so a CSV
+    prompt or a big answer of many small items is never mistaken for a flood."""
+    handler = RecordingHandler()
+    sb = await sandboxes(handler=handler)
+    r = await sb.run_cell("r = llm_batch(['a,[b],{c}' * 100_000] * 3)\nprint(len(r), r[0][:30])")
+    assert r.output == "3 llm_batch:a,[b],{c}a,[b],{c}a,\n" and not r.worker_restarted, r
+    assert handler.calls[0][1]["prompts"][0] == "a,[b],{c}" * 100_000
+    r = await sb.run_cell("FINAL([0] * 300_000)")  # 900 KB of JSON, 300,000 items
+    assert r.answer.ready and r.answer.content == [0] * 300_000 and not r.worker_restarted, r
+    r = await sb.run_cell("z = [[], {}] * 120_000\ns = 'a,[b],{c}' * 100_000")  # 480,000 items; 900 KB
+    assert await sb.lookup_variable("z") == (True, [[], {}] * 120_000)
+    assert await sb.lookup_variable("s") == (True, "a,[b],{c}" * 100_000)
+
+
 class BudgetHandler(RecordingHandler):
     """A handler that says how many sub-calls it would still accept."""
 
