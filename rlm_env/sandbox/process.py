@@ -169,6 +169,9 @@ class WorkerProcess:
         """Write one frame; a worker that does not read it within `io_timeout_s` broke the protocol."""
         try:
             self.writer.write(encode_frame(msg))
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+                return  # all of it is in the socket already: nothing to wait for (the common case)
             await asyncio.wait_for(self.writer.drain(), self.io_timeout_s)
         except TimeoutError:
             raise ProtocolViolation(
