@@ -84,9 +84,11 @@ by the tests named after it in tests/test_escape_*.py (and tests/test_sandbox_po
    test_close_leaves_no_process]
 12. Whatever the code does, the host gets a `CellResult` and goes on, and every host-side wait on
    a worker has a deadline: start-up and context load (`startup_timeout_s`), each write
-   (`io_timeout_s`: a worker that stops reading, e.g. flooding call frames, is a protocol
-   violation), each reply (`cell_timeout_s + kill_grace_s`, sub-call time excepted), and the
-   waits of a kill. Crashes, timeouts and violations become a restart on the same context,
+   (`io_timeout_s`: a worker that stops reading is a protocol violation), each reply (`cell_timeout_s + kill_grace_s`, sub-call time excepted), and the
+   waits of a kill. Sub-call requests are bounded too: more than 8 call frames in a row sent
+   while a reply is still unread (the stubs never do that; a flood does) is a violation.
+   [test_flooding_call_frames_without_reading_replies_is_a_violation,
+   test_a_worker_that_stops_reading_a_big_reply_is_a_violation] Crashes, timeouts and violations become a restart on the same context,
    flagged in the result. Episodes run by `eval` and `play` also have a hard wall-clock kill
    (`evaluate.run_with_hard_deadline`: the budget's wall clock plus the longest legitimate
    overrun), labelled `wall_clock`, the model's budget. (Every escape test ends by checking the

@@ -82,6 +82,10 @@ class CellResult:
     frame over the size or item limits, replies left unread. The model's fault, never infra."""
 
 
+MAX_UNREAD_CALLS = 8
+"""Call frames in a row the worker may send while a reply of the host is still unread."""
+
+
 class _Deadline(Exception):
     pass
 
@@ -185,6 +189,7 @@ class Sandbox:
         msg["id"] = self._seq
         await worker.send(msg)
         budget = self.config.cell_timeout_s + self.config.kill_grace_s
+        unread = 0  # call frames that arrived while a reply was still unread
         while True:
             t0 = time.monotonic()
             try:
@@ -193,6 +198,13 @@ class Sandbox:
                 raise _Deadline from None
             budget -= time.monotonic() - t0
             if frame["op"] == "call":
+                # The stubs send one call, then read its whole reply: a call arriving while a
+                # reply is unread was written past them (a flood). A few are let through.
+                unread = unread + 1 if worker.unread_bytes() > 0 else 0
+                if unread > MAX_UNREAD_CALLS:
+                    raise ProtocolViolation(
+                        f"the worker sent {unread} sub-call requests in a row without reading the replies"
+                    )
                 # handler time is not charged
                 await serve_call(worker, frame, self.handler, self.config.max_batch_prompts)
                 # Yield: buffered frames and an unpaused writer never suspend, so a flood of

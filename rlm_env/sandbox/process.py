@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import signal
 import socket
+import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +183,14 @@ class WorkerProcess:
             ) from None
         except (ConnectionError, RuntimeError) as e:
             raise WorkerDied(f"could not write to the worker ({e})") from None
+
+    def unread_bytes(self) -> int:
+        """Bytes the host wrote that the worker has not read yet (SIOCOUTQ; 0 if unknown)."""
+        try:
+            buf = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int.from_bytes(buf, sys.byteorder, signed=True)
 
     async def recv(self) -> dict[str, Any]:
         return await read_frame(self.reader, max_items=self.max_items, op_max_bytes=self.op_max_bytes)
