@@ -343,3 +343,11 @@ def test_map_str_refuses_what_it_does_not_recognize(tmp_path, monkeypatch):
         assert wio.map_str(fd, size, 2, False) == LINES["bmp"][0] * 500
     finally:
         os.close(fd)
+    import ctypes
+
+    cached = "".join(["rlm", "-pr\u03a9be"])
+    header = sys.getsizeof(cached) - (len(cached) + 1) * 2
+    assert wio._extra_header_fields(cached, header) == {}
+    ctypes.pythonapi.PyUnicode_AsUTF8.restype = ctypes.c_char_p
+    ctypes.pythonapi.PyUnicode_AsUTF8(ctypes.py_object(cached))  # a cached UTF-8 copy: a pointer elsewhere
+    assert wio._extra_header_fields(cached, header) is None

@@ -284,13 +284,14 @@ def map_str(fd, size, width, ascii):
     if base in (None, ctypes.c_void_p(-1).value):
         return None
     if libc.mmap(base + page, size, 3, 0x12, fd, 0) != base + page:  # MAP_PRIVATE|MAP_FIXED
+        libc.munmap(ctypes.c_void_p(base), ctypes.c_size_t(span))  # nothing points into it yet
         return None
     addr, chars = base + page - header, size // width
     ctypes.memmove(addr, id(probe), header)
     word.from_address(addr).value = 1 << 40  # never reaches 0, so never handed to free()
     word.from_address(addr + 16).value = chars
     word.from_address(addr + 24).value = -1
-    for offset in fields:  # 3.11's wstr cache: a kind-4 str's shares its own characters
+    for offset in fields:  # 3.11's wstr: a kind-4 str's wchar_t view is its own characters
         word.from_address(addr + offset).value = base + page if fields[offset] == "data" else chars
     text = ctypes.cast(ctypes.c_void_p(addr), ctypes.py_object).value
     edge = min(chars, 4096)
@@ -323,4 +324,6 @@ def _extra_header_fields(probe, header):
             fields[offset] = "length"
         elif value != 0:
             return None
+    if sorted(fields.values()) not in ([], ["data", "length"]):
+        return None  # a length without its pointer (or the reverse) is not the wchar_t view
     return fields
