@@ -205,11 +205,15 @@ def _prepare_str(value: str, store: Path, prefix_chars: int) -> PreparedContext:
         )  # fmt: skip
     if surrogates:  # what decoding the UTF-8 gives: each lone surrogate's bytes become U+FFFD
         value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    width = max(char_width(piece) for piece in _pieces(value))
-    codec = STR_CODECS[width]
-    path = _store(
-        store / f"{sha}.ucs{width}", lambda: (p.encode(codec) for p in _pieces(value)), len(value) * width
-    )
+    found = _find_layout(store, sha)
+    if found is not None:
+        path, width = found
+    else:
+        width = max(char_width(piece) for piece in _pieces(value))
+        codec = STR_CODECS[width]
+        path = _store(
+            store / f"{sha}.ucs{width}", lambda: (p.encode(codec) for p in _pieces(value)), len(value) * width
+        )
     return PreparedContext(
         path, "text", sha, size, "str", len(value), [], value[:prefix_chars],
         char_width=width, file_bytes=len(value) * width,
@@ -240,6 +244,18 @@ def _store(path: Path, chunks: Callable[[], Iterable[bytes]], size: int) -> Path
     return path
 
 
+def _find_layout(store: Path, sha: str) -> tuple[Path, Literal[1, 2, 4]] | None:
+    """The str layout file an earlier episode stored for this text, and its width, if any."""
+    for width in (1, 2, 4):
+        path = store / f"{sha}.ucs{width}"
+        try:
+            if path.stat().st_size % width == 0:
+                return path, width
+        except FileNotFoundError:
+            pass
+    return None
+
+
 def _decoded(path: Path) -> Iterator[str]:
     """The UTF-8 file's text in pieces (U+FFFD for invalid bytes), never all at once."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -265,16 +281,13 @@ def _prepare_text_file(path: Path, store: Path, prefix_chars: int) -> PreparedCo
         return PreparedContext(
             path, "text", sha, size, "str", size, [], prefix, ascii=True, char_width=1, file_bytes=size
         )
-    for width in (1, 2, 4):  # stored by an earlier episode on the same text?
-        cached = store / f"{sha}.ucs{width}"
-        try:
-            n = cached.stat().st_size
-        except FileNotFoundError:
-            continue
-        if n % width == 0:
-            return PreparedContext(
-                cached, "text", sha, size, "str", n // width, [], prefix, char_width=width, file_bytes=n
-            )
+    found = _find_layout(store, sha)
+    if found is not None:
+        cached, width = found
+        n = cached.stat().st_size
+        return PreparedContext(
+            cached, "text", sha, size, "str", n // width, [], prefix, char_width=width, file_bytes=n
+        )
     width, length = 1, 0
     for piece in _decoded(path):  # first pass: the widest character and the length
         width, length = max(width, char_width(piece)), length + len(piece)
