@@ -10,6 +10,7 @@ import json
 import pytest
 
 from rlm_env.episode import (
+    SCHEMA_VERSION,
     Episode,
     EpisodeConfig,
     EpisodeRecord,
@@ -232,7 +233,7 @@ async def test_trajectory_record_round_trips(tmp_path):
     (back,) = read_records(path)
     assert back == record
     data = json.loads(record.to_json())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == SCHEMA_VERSION == 2
     assert {"calls", "cells", "root_sample", "answer", "stop_reason", "budget", "flags", "rewards"} <= set(
         data
     )

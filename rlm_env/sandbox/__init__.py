@@ -19,9 +19,15 @@ by the tests named after it in tests/test_escape_*.py (and tests/test_sandbox_po
 3. The context is read-only and private. The worker receives one O_RDONLY descriptor, never a
    path or a directory, reads it (or maps it copy-on-write) and closes it; the shared
    content-addressed file cannot be changed, not even by writing into the `context` str that
-   shares its pages, and another episode's context cannot be found. Symlinks in a ContextDir are
-   never followed. [test_context_file_cannot_be_modified, test_cannot_find_another_episodes_context,
+   shares its pages (of any width: 1, 2 or 4 bytes a character), and another episode's context
+   cannot be found. Symlinks in a ContextDir are never followed.
+   [test_context_file_cannot_be_modified, test_cannot_find_another_episodes_context,
    test_writing_into_a_shared_context_str_stays_private, test_symlinks_in_a_context_dir_are_not_followed]
+   The mapped str is trusted to be what the host wrote (its width and ASCII flag come from the
+   host, which decoded the text); what the worker checks is its own interpreter: the str layout
+   is probed on a fresh string of the same kind (length, hash, characters, no unknown cached
+   pointers) before the file is trusted as one, and any mismatch means a private decode instead
+   (`Sandbox.layers["context_shared"]` is then False).
 4. No network: a fresh network namespace (its loopback is down, abstract Unix sockets are per
    namespace), and seccomp refuses every socket family but AF_UNIX. [test_no_tcp_to_a_host_listener
    (with and without seccomp), test_no_dns_and_no_inet6, test_no_abstract_unix_socket_to_the_host]
@@ -126,14 +132,15 @@ WHAT IT DOES NOT GUARANTEE
   may outlive `close()` if they leave the session. It is for trusted code and for machines where
   bubblewrap cannot run (tests/test_sandbox_pool.py::test_rlimit_mode_works_and_warns).
 
-Public API: `SandboxConfig`, `prepare_context` -> `PreparedContext`, `Sandbox.start(config,
+Public API: `SandboxConfig`, what a context can be (`ContextValue`: str, list, dict,
+`ContextDir`, `ContextFile`), `prepare_context` -> `PreparedContext`, `Sandbox.start(config,
 context, handler)` -> `Sandbox` (`run_cell`, `get_answer`, `lookup_variable`, `show_vars`,
 `close`), `SandboxPool(config, size)` (`acquire`, `close`), `CellResult`, `AnswerState`,
 `SandboxProtocolError` (never raised out of `run_cell`: violations come back as a CellResult).
 """
 
 from rlm_env.sandbox.config import SandboxConfig
-from rlm_env.sandbox.context import PreparedContext, prepare_context
+from rlm_env.sandbox.context import ContextDir, ContextFile, ContextValue, PreparedContext, prepare_context
 from rlm_env.sandbox.host import AnswerState, CellResult, Handler, Sandbox
 from rlm_env.sandbox.launch import SandboxUnavailable
 from rlm_env.sandbox.pool import SandboxPool
@@ -143,6 +150,9 @@ from rlm_env.sandbox.protocol import SandboxProtocolError
 __all__ = [
     "AnswerState",
     "CellResult",
+    "ContextDir",
+    "ContextFile",
+    "ContextValue",
     "Handler",
     "PreparedContext",
     "Sandbox",

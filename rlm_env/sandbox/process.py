@@ -199,7 +199,9 @@ class WorkerProcess:
         """Pass the context file's descriptor; returns the worker's load time in seconds."""
         fd = os.open(context.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            frame = encode_frame({"op": "init", "kind": context.kind, "ascii": context.ascii})
+            frame = encode_frame(
+                {"op": "init", "kind": context.kind, "ascii": context.ascii, "width": context.char_width}
+            )
             send_with_fd(self.sock, frame, fd)
         except OSError as e:
             raise SandboxStartError(f"could not hand the context to the worker ({e})") from None
