@@ -449,7 +449,7 @@ async def test_a_soak_of_hostile_episodes_ends_on_time_with_nothing_left_behind(
     raw = await asyncio.wait_for(soak(32), timeout=120)
     assert raw["wall_s"] < 60, raw
     assert raw["leaked"] == {"processes": 0, "cgroups": 0, "scratch_dirs": 0, "sysv_shm": 0}, raw
-    assert raw["infra_failures"] == [], raw
+    assert raw["infra_failures"] == [] and raw["excluded_from_training"] == [], raw
     assert set(raw["labels"]) == set(HOSTILE)
     assert all(label == "answer/confirmed" for labels in raw["labels"].values() for label in labels), raw
     assert raw["violations"] >= 16  # 4 of each frame attack, and the forged lookups

@@ -11,7 +11,8 @@ FINAL_VAR. Every episode then answers. Meanwhile a bystander sandbox runs a 1 ms
 Reported: the wall time, the host's peak resident memory above its start (VmHWM, reset at the
 start), the worst latency of the bystander's cell and of the host's event loop, and what was
 left behind (processes below the host, sandbox cgroups, /tmp scratch dirs, SysV shm segments),
-plus the label of every record: none may be an infrastructure failure.
+plus the label of every record: none may be an infrastructure failure, and every one is kept for
+training (`EpisodeRecord.training_exclusion()` is None: the attack is the model's, scored).
 """
 
 from __future__ import annotations
@@ -171,7 +172,10 @@ def _leftovers() -> dict[str, int]:
 
 async def soak(episodes: int = 32, concurrency: int = 8) -> dict[str, Any]:
     """Run the hostile soak; returns its figures (see the module docstring)."""
+    from rewards import Rubric, RubricConfig
     from rlm_env.evaluate import run_with_hard_deadline
+
+    rubric = Rubric(RubricConfig())
 
     config = config_from_dict({"sandbox": SOAK_SANDBOX, "budget": {"wall_clock_s": 60, "max_root_turns": 4}})
     names = list(HOSTILE)
@@ -201,10 +205,10 @@ async def soak(episodes: int = 32, concurrency: int = 8) -> dict[str, Any]:
 
     async def one(i: int, pool: SandboxPool) -> tuple[str, Any]:
         name = names[i % len(names)]
-        task = Task(id=f"soak-{i}", context=f"soak context {i} ({name})", question="?")
+        task = Task(id=f"soak-{i}", context=f"soak context {i} ({name})", question="?", expected_answer="ok")
         policy = ScriptedPolicy([*HOSTILE[name], _repl("FINAL('ok')"), _repl("FINAL('ok')")])
         async with semaphore:
-            episode = Episode(task, config, policy, _EchoSubModel(), sandbox_pool=pool)
+            episode = Episode(task, config, policy, _EchoSubModel(), sandbox_pool=pool, rubric=rubric)
             try:
                 record = await run_with_hard_deadline(episode)
             finally:
@@ -223,8 +227,11 @@ async def soak(episodes: int = 32, concurrency: int = 8) -> dict[str, Any]:
     await asyncio.sleep(0.2)
     after = _leftovers()
     labels: dict[str, list[str]] = {}
-    infra = []
+    infra, excluded = [], []
     for name, record in results:
+        why = record.training_exclusion()
+        if why is not None:  # every hostile episode is the model's: kept in training, with its reward
+            excluded.append(f"{name}: {why}")
         labels.setdefault(name, []).append(f"{record.stop_reason}/{record.answer.status}")
         if record.flags.infra_failure:
             infra.append(f"{name}: {record.flags.infra_errors}")
@@ -238,6 +245,7 @@ async def soak(episodes: int = 32, concurrency: int = 8) -> dict[str, Any]:
         "leaked": {k: after[k] - before[k] for k in after},
         "labels": labels,
         "infra_failures": infra,
+        "excluded_from_training": excluded,
         "violations": sum(1 for _n, r in results for c in r.cells if "broke the host protocol" in c.output),
         "oom_kills": sum(1 for _n, r in results for c in r.cells if "memory limit" in (c.error or "")),
     }
@@ -273,6 +281,12 @@ async def hardening(episodes: int = 32) -> Figure:
             str(len(raw["infra_failures"])),
             "0",
             not raw["infra_failures"],
+        ),  # fmt: skip
+        Row(
+            f"{title}: records excluded from training",
+            str(len(raw["excluded_from_training"])),
+            "0",
+            not raw["excluded_from_training"],
         ),  # fmt: skip
     ]
     method = (
