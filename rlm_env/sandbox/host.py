@@ -309,8 +309,8 @@ class Sandbox:
         ready, content = ans.ready, ans.content
         ans_err = None if ans.error is None else clean_text(ans.error, 2000)
         if ready:  # re-check what the worker vouched for: only a forged frame fails here
+            check_answer_size(content, self.config.answer_max_bytes, "answer")  # before any copy
             content = json.loads(clean_text(json.dumps(content, ensure_ascii=False)))
-            check_answer_size(content, self.config.answer_max_bytes, "answer")
         answer = AnswerState(ready=ready, content=content if ready else None, via=ans.via, error=ans_err)
         return CellResult(
             output=output,
