@@ -205,9 +205,10 @@ async def test_each_sandbox_reports_its_cgroup_or_says_why_not(sandboxes):
     why = unavailable_reason()
     if why:
         assert sb.worker.cgroup is None and "memory cgroup" in (sb.mode_warning or "")
+        assert sb.layers["memory_cgroup"] is False
     else:
         cg = sb.worker.cgroup
-        assert cg is not None and set(sb.pids()[1:]) <= set(cg.pids())
+        assert cg is not None and set(sb.pids()[1:]) <= set(cg.pids()) and sb.layers["memory_cgroup"]
         await sb.close()
         assert not cg.path.exists()
 

@@ -165,11 +165,14 @@ class Sandbox:
     @property
     def layers(self) -> dict[str, Any]:
         """Which isolation layers the current worker reports (uid, seccomp, no_new_privs...),
-        and whether its `context` shares the page cache with other episodes."""
+        whether it is in a memory cgroup of its own, and whether its `context` shares the page
+        cache with other episodes."""
         w = self._worker
         hello = w.hello if w else {}
         shared = w.context_shared if w else False
-        return {"mode": self.mode, **{k: v for k, v in hello.items() if k != "op"}, "context_shared": shared}
+        cgroup = w is not None and w.cgroup is not None
+        return {"mode": self.mode, **{k: v for k, v in hello.items() if k != "op"}, "context_shared": shared,
+                "memory_cgroup": cgroup}  # fmt: skip
 
     def pids(self) -> list[int]:
         """Host pids of the current worker's processes (for memory accounting and checks)."""
