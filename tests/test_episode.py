@@ -180,7 +180,7 @@ async def test_llm_batch_of_ten_thousand_prompts_is_refused_clearly():
     reply = repl("try:\n    llm_batch(['p'] * 10_000)\nexcept SubCallError as e:\n    print('refused:', e)")
     record, policy = await run([reply, repl("FINAL('ok')")], cfg=cfg)
     observation = policy.seen[1][-1]["content"]
-    assert "refused:" in observation and "10000 sub-call(s) requested" in observation
+    assert "refused:" in observation and "10,000 prompts asked for, 50 sub-calls left" in observation
     assert record.budget["sub_calls"] == 0
 
 

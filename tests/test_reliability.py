@@ -140,6 +140,8 @@ async def test_a_forged_result_frame_is_the_models_violation_not_infra():
     assert not record.flags.infra_failure and record.flags.infra_errors == []
     forged = record.cells[1]
     assert forged.worker_restarted and forged.error.startswith("ProtocolViolation"), forged
+    assert forged.protocol_violation and not record.cells[0].protocol_violation
+    assert not record.flags.infra_suspected  # the host restarted it for cause: nothing ambiguous
     assert "broke the host protocol" in policy.seen[2][-1]["content"]
 
 

@@ -169,9 +169,13 @@ class Episode:
                     timed_out=result.timed_out,
                     worker_restarted=result.worker_restarted,
                     exit_signal=result.exit_signal,
+                    oom_killed=result.oom_killed,
+                    protocol_violation=result.protocol_violation,
                 )
             )
-            if result.exit_signal == 9:
+            # A SIGKILL nobody can attribute may be the host's OOM killer or an operator; one the
+            # sandbox's own memory cgroup sent is the model's memory use and is not suspected.
+            if result.exit_signal == 9 and not result.oom_killed:
                 self.record.flags.infra_suspected.append(
                     f"turn {turn}, block {index + 1}: the REPL worker was killed by SIGKILL"
                 )

@@ -135,6 +135,12 @@ class CellRecord(BaseModel):
     timed_out: bool = False
     worker_restarted: bool = False
     exit_signal: int | None = None
+    oom_killed: bool = False
+    """The kernel killed the worker for going over the sandbox's own memory limit: the model's
+    memory use (like a MemoryError), not the environment's failure."""
+    protocol_violation: bool = False
+    """The model's code broke the host protocol (a malformed, forged or oversized frame, a
+    flood of calls): the worker was restarted and the cell failed; charged to the model."""
 
 
 class AnswerRecord(BaseModel):

@@ -77,7 +77,15 @@ class SubCallRouter:
         self._reserve(1)
         return await self._one(prompt, sampling, prompt_tokens)
 
+    def sub_calls_left(self) -> int:
+        """Read by the sandbox host to refuse an over-budget batch frame by its count, before
+        its prompts are parsed (the budget is charged before the work)."""
+        return self.episode.ledger.pool.sub_calls_left()
+
     async def llm_batch(self, prompts: list[str], sampling: dict[str, Any]) -> list[str]:
+        left = self.sub_calls_left()
+        if len(prompts) > left:  # refuse on the count before checking (and tokenizing) any prompt
+            self._reserve(len(prompts))
         for i, p in enumerate(prompts):
             self._check_prompt(p, index=i)
         counts = await self._check_tokens(prompts)
