@@ -9,13 +9,16 @@ run (these machines are shared and noisy: absolute numbers from different runs d
    the memory of 16 episodes on it versus its size (target <= 1.5x);
 4. `llm_batch` through the RPC path with an instant model (target >= 10,000 sub-calls/s);
 5. `llm_batch` on the real vLLM engine versus calling the engine client directly (>= 0.95);
-6. share of an episode's wall time spent outside the model, on the default model (<= 5%).
+6. share of an episode's wall time spent outside the model, on the default model (<= 5%);
+7. vLLM's logprobs against a float32 transformers recomputation, bf16 and float32 engines
+   (mean <= 0.05 nats bf16): the noise floor of GRPO's importance ratio (`logprob_figures.py`).
 
-The figures themselves live in `sandbox_figures.py` (1-3) and `subcall_figures.py` (4-6); this
-module picks the repetitions, runs them in order, and writes the report (`report.py`).
+The figures themselves live in `sandbox_figures.py` (1-3), `subcall_figures.py` (4-6) and
+`logprob_figures.py` (7); this module picks the repetitions, runs them in order, and writes the
+report (`report.py`).
 `--short` runs few repetitions on a 1M-token context and skips the engine figures (an engine
 start alone takes ~40 s): the test suite uses it to keep this code alive, and its numbers are
-printed, never asserted. `--skip-engine` skips figures 5 and 6. A figure that crashes becomes
+printed, never asserted. `--skip-engine` skips figures 5 to 7. A figure that crashes becomes
 an error row (and exit status 1); one that misses its target is reported, not raised.
 """
 
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlm_env.bench import sandbox_figures, subcall_figures
+from rlm_env.bench import logprob_figures, sandbox_figures, subcall_figures
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
 
 
@@ -48,6 +51,8 @@ class Plan:
     engine_k: int
     engine_pairs: int
     outside_episodes: int
+    logprob_prompts: int = 8
+    logprob_tokens: int = 64
 
 
 FULL = Plan(
@@ -72,6 +77,10 @@ SHORT = Plan(
     engine_pairs=2,
     outside_episodes=2,
 )
+
+
+ENGINE_FIGURES = ("engine_batch", "outside_model", "logprob_agreement")
+"""Figures that start real vLLM engines (skipped by --short and --skip-engine)."""
 
 
 def _log(message: str) -> None:
@@ -140,8 +149,14 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
                 figures.append(
                     Figure(key, [Row(title, f"error: engine failed: {e}", "-", False)], {"error": repr(e)})
                 )
+        figures.append(
+            await _guarded(
+                "logprob_agreement",
+                lambda: logprob_figures.logprob_agreement(plan.logprob_prompts, plan.logprob_tokens),
+            )
+        )
     else:
-        figures += [skipped("engine_batch", engine_skip_reason), skipped("outside_model", engine_skip_reason)]
+        figures += [skipped(key, engine_skip_reason) for key in ENGINE_FIGURES]
     return figures
 
 
