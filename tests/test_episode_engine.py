@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from rewards import Rubric
 from rlm_env.episode import Episode
 from rlm_env.episode.config import config_from_dict
 from rlm_env.models.base import chat_prompt_ids
@@ -59,7 +60,7 @@ async def test_real_root_model_episode_records_an_exact_training_sample(vllm_cli
             "sandbox": {"max_output_chars": 1500},
         }
     )
-    record = await Episode(TASK, cfg, vllm_client, episode_id="real-root").run()
+    record = await Episode(TASK, cfg, vllm_client, episode_id="real-root", rubric=Rubric()).run()
     assert not record.flags.infra_failure, record.flags
     roots = [c for c in record.calls if c.role == "root"]
     assert 1 <= len(roots) <= 3 and record.stop_reason is not None
@@ -67,8 +68,10 @@ async def test_real_root_model_episode_records_an_exact_training_sample(vllm_cli
     assert len({c.replica for c in roots}) == 1
     sample = record.root_sample
     assert sample.available and sample.consistent
-    for call in roots:
-        assert sample.token_ids[: len(call.prompt_token_ids)] == call.prompt_token_ids
+    for call in roots:  # stored once: each root prompt is a prefix of the one sample
+        assert call.prompt_token_ids is None and call.prompt_in_sample
+        prompt = record.call_prompt_ids(call)
+        assert prompt and len(prompt) == call.num_prompt_tokens and sample.token_ids[: len(prompt)] == prompt
     sampled = sum(len(c.completion_token_ids) for c in roots)
     assert sum(sample.loss_mask) == sampled
     masked_logprobs = [lp for lp, m in zip(sample.logprobs, sample.loss_mask, strict=True) if m]
@@ -79,7 +82,8 @@ async def test_real_root_model_episode_records_an_exact_training_sample(vllm_cli
     learner_masked = [lp for lp, m in zip(learner, sample.loss_mask, strict=True) if m]
     assert_logprobs_agree(masked_logprobs, learner_masked, "root transcript, sampled positions")
     samples, dropped = samples_from_records([record])
-    assert (len(samples), dropped) == (1, {})
+    assert (len(samples), dropped) == (1, {}) and samples[0].has_logprobs
+    assert all(c.checkpoint == vllm_client.checkpoint for c in record.calls)
 
 
 async def test_eval_and_quality_benchmark_on_the_real_engine(vllm_client, tmp_path):
