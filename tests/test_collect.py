@@ -168,3 +168,24 @@ async def test_a_full_disk_stops_the_run_and_the_rerun_finishes_it_exactly_once(
     assert len(ids) == len(set(ids)) == 6 and ids[:2] == written
     assert sorted(ids) == sorted(r.episode_id for r in records)
     assert load_collected(cfg.out).num_rows == 6
+
+
+def test_the_cli_collects_exports_and_names_workers_by_slice(tmp_path):
+    from rlm_env.cli import build_parser, main
+    from rlm_env.collect.run import load_collect_config
+
+    out = tmp_path / "cli"
+    common = ["--task", "niah", "--lengths", "1k", "--episodes", "3", "--model", "echo", "--out", str(out)]
+    args = [*common, "--set", "budget.max_root_turns=2"]
+    assert main(["collect", *args]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"][0]["episodes"] == 3 and summary["config"]["split"] == "train"
+    assert load_collected(out).num_rows == 3
+    assert main(["export", str(out), "--out", str(tmp_path / "e.jsonl"), "--stop-reason", "max_turns"]) == 0
+    assert len(read_records(tmp_path / "e.jsonl")) == 3  # echo never writes code: every run hits the limit
+    assert main(["export", str(out), "--out", str(tmp_path / "s.jsonl"), "--samples", "--trainable"]) == 0
+    assert load_samples(tmp_path / "s.jsonl") == []  # a test double has no token ids: nothing to train on
+    cfg, _ = load_collect_config(
+        build_parser().parse_args(["collect", *common, "--worker-index", "1", "--num-workers", "2"])
+    )
+    assert cfg.worker == "w1" and [t.id for t in worker_tasks(cfg)] == ["niah-train-1000-s1"]

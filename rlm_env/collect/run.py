@@ -50,7 +50,8 @@ class CollectConfig(EvalConfig):
     out: str = "runs/collect"
     """Output folder: workers/<name>/trajectories.jsonl and data/<name>-NNNNN.parquet."""
     worker: str = "w0"
-    """This worker's name: it names its folder and its shard files (letters, digits, _.-)."""
+    """This worker's name: it names its folder and its shard files (letters, digits, _.-). The
+    CLI defaults it to "w<worker_index>"."""
     worker_index: int = Field(0, ge=0)
     """Which slice of the tasks this worker runs (tasks worker_index, +num_workers, ...)."""
     num_workers: int = Field(1, gt=0)
@@ -74,6 +75,7 @@ def load_collect_config(args: Any) -> tuple[CollectConfig, EpisodeConfig]:
             values[key] = value
     if getattr(args, "lengths", None):
         values["lengths"] = [x.strip() for x in args.lengths.split(",") if x.strip()]
+    values.setdefault("worker", f"w{values.get('worker_index', 0)}")  # distinct per slice by default
     try:
         config = CollectConfig.model_validate(values)
     except ValidationError as e:
@@ -210,7 +212,11 @@ def main(args: Any) -> int:
         "rows": summarize(records),
         "wall_time_s": round(time.monotonic() - started, 2),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    # One machine of several writes its summary in its own folder: never two writers on one file.
+    alone = workers > 1 or config.num_workers == 1
+    (out if alone else worker_dir(out, config.worker)).joinpath("summary.json").write_text(
+        json.dumps(summary, indent=2, default=str)
+    )
     print_summary(summary["rows"], f"collected {len(records)} episodes into {out}")
     console.print(f"dataset: {len(dataset_files(out))} Parquet file(s) under {out / 'data'}")
     return 0
