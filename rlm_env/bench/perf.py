@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlm_env.bench import sandbox_figures, subcall_figures
+from rlm_env.bench import collect_figures, sandbox_figures, subcall_figures
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
 
 
@@ -112,13 +112,17 @@ async def _engine_figures(plan: Plan) -> list[Figure]:
         outside = await _guarded(
             "outside_model", lambda: subcall_figures.outside_model(client, plan.outside_episodes)
         )
+        collected = await _guarded(
+            "collect",
+            lambda: collect_figures.collect(client, 4 * plan.outside_episodes, plan.outside_episodes),
+        )
     finally:
         await close_all_models()
         if not had_ray:
             ray.shutdown()
     batch.raw["engine_start_s"] = round(start_s, 1)
     batch.method += f" (The engine took {start_s:.0f} s to start, not counted.)"
-    return [batch, outside]
+    return [batch, outside, collected]
 
 
 async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list[Figure]:
@@ -133,15 +137,18 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
     if engine:
         try:
             figures += await _engine_figures(plan)
-        except Exception as e:  # noqa: BLE001 - the engine did not start: say so in both rows
+        except Exception as e:  # noqa: BLE001 - the engine did not start: say so in its rows
             traceback.print_exc()
-            for key in ("engine_batch", "outside_model"):
+            for key in ("engine_batch", "outside_model", "collect"):
                 title = dict(FIGURES)[key]
                 figures.append(
                     Figure(key, [Row(title, f"error: engine failed: {e}", "-", False)], {"error": repr(e)})
                 )
     else:
         figures += [skipped("engine_batch", engine_skip_reason), skipped("outside_model", engine_skip_reason)]
+        figures.append(  # the scripted-root rows need no engine
+            await _guarded("collect", lambda: collect_figures.collect(None, 4 * plan.outside_episodes, 0))
+        )
     return figures
 
 
