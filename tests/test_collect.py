@@ -189,3 +189,25 @@ def test_the_cli_collects_exports_and_names_workers_by_slice(tmp_path):
         build_parser().parse_args(["collect", *common, "--worker-index", "1", "--num-workers", "2"])
     )
     assert cfg.worker == "w1" and [t.id for t in worker_tasks(cfg)] == ["niah-train-1000-s1"]
+
+
+async def test_a_user_dataset_is_collected_with_its_contexts_by_reference(tmp_path):
+    secret = "".join(f"line {i}: the code is {i * 7919 % 10007}\n" for i in range(3000))
+    rows = [{"id": f"u{i}", "context": secret, "question": "code?", "answer": str(i)} for i in range(2)]
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = CollectConfig(
+        dataset=str(tmp_path / "mine.jsonl"), task=None, episodes=5, out=str(tmp_path / "run")
+    )
+    records = await collect(cfg)
+    assert sorted(r.episode_id for r in records) == ["u0", "u1"]
+    ds = load_collected(cfg.out)
+    refs = [json.loads(x) for x in ds["context_ref"]]
+    assert [(r["kind"], r["row"], r["id"]) for r in sorted(refs, key=lambda r: r["id"])] == [
+        ("dataset", 1, "u0"),  # rows count from 1, as the loader numbers them
+        ("dataset", 2, "u1"),
+    ]
+    assert set(ds["family"]) == {"dataset"} and set(ds["context_bytes"]) == {len(secret)}
+    blob = b"".join(open(p, "rb").read() for p in dataset_files(cfg.out))
+    assert secret[30000:30300].encode() not in blob and all(
+        secret[30000:30300] not in j for j in ds["record_json"]
+    )

@@ -64,7 +64,7 @@ def context_ref(task: dict[str, Any]) -> dict[str, Any]:
             "target_tokens": meta["target_tokens"],
             "knobs": meta.get("knobs") or {},
         }
-    return {"kind": "dataset", "source": meta.get("source"), "id": task.get("id")}
+    return {"kind": "dataset", "source": meta.get("source"), "row": meta.get("row"), "id": task.get("id")}
 
 
 def resolve_context_ref(ref: dict[str, Any]) -> Any:
