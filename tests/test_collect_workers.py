@@ -25,11 +25,10 @@ OVERRIDES = {"budget.max_depth": 2}
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_run_killed_mid_way_resumes_without_losing_or_repeating_an_episode(tmp_path):
-    cfg = CollectConfig(task="niah", lengths=["1k"], episodes=8, concurrency=2, out=str(tmp_path / "run"))
-    path = worker_dir(cfg.out, "w0") / "trajectories.jsonl"
+def _collector(cfg: CollectConfig) -> subprocess.Popen:
+    """`run_worker` in a subprocess of its own process group (as a terminal runs a command)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "tests.collect_helpers", cfg.model_dump_json(), json.dumps(OVERRIDES)],
         cwd=REPO,
         env=env,
@@ -37,25 +36,40 @@ def test_a_run_killed_mid_way_resumes_without_losing_or_repeating_an_episode(tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def _stop_after(proc: subprocess.Popen, path: Path, lines: int, sig: int) -> None:
+    """Send `sig` to the collector's whole group once `path` holds `lines` records."""
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            if path.exists() and len(path.read_text().splitlines()) >= 2:
+            if path.exists() and len(path.read_text().splitlines()) >= lines:
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the collector and its sandboxes
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    before = [r.episode_id for r in read_records(path)]
-    assert 2 <= len(before) < 8, "the kill should land mid-run"
+
+
+def test_a_run_interrupted_then_killed_resumes_without_losing_or_repeating_an_episode(tmp_path):
+    cfg = CollectConfig(task="niah", lengths=["1k"], episodes=8, concurrency=2, out=str(tmp_path / "run"))
+    path = worker_dir(cfg.out, "w0") / "trajectories.jsonl"
+
+    _stop_after(_collector(cfg), path, 2, signal.SIGINT)  # Ctrl-C
+    first = [r.episode_id for r in read_records(path)]
+    assert 2 <= len(first) < 8, "the interrupt should land mid-run"
+    _stop_after(_collector(cfg), path, len(first) + 2, signal.SIGKILL)  # kill -9, collector and sandboxes
+    second = [r.episode_id for r in read_records(path)]
+    assert second[: len(first)] == first and len(first) < len(second) < 8
+    assert len(second) == len(set(second))
     assert not dataset_files(cfg.out), "shards are written only once the worker's episodes are done"
 
     assert run_worker(cfg, config_from_dict({}, OVERRIDES), scripted_models) == 8
     after = [r.episode_id for r in read_records(path)]
-    assert after[: len(before)] == before
+    assert after[: len(second)] == second
     assert len(after) == len(set(after)) == 8
     assert sorted(after) == sorted(t.id for t in worker_tasks(cfg))
     assert sorted(load_collected(cfg.out)["episode_id"]) == sorted(after)
