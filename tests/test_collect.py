@@ -44,6 +44,7 @@ def run(tmp_path_factory):
     return cfg, records
 
 
+@pytest.mark.slow  # the shared run's setup (tokenizer load, 6 episodes) takes ~10 s on 2 busy cores
 def test_collect_writes_every_episode_once_and_a_loadable_dataset(run):
     cfg, records = run
     ids = [t.id for t in worker_tasks(cfg)]
@@ -133,6 +134,7 @@ def test_root_sample_export_is_what_training_reads(run, tmp_path):
             assert sum(s.loss_mask) > 0 and len(s.token_ids) == len(s.loss_mask) == len(s.logprobs)
 
 
+@pytest.mark.slow
 async def test_a_full_disk_stops_the_run_and_the_rerun_finishes_it_exactly_once(tmp_path, monkeypatch):
     cfg = config(tmp_path, concurrency=2)
     real_write = TrajectoryWriter.write
@@ -189,6 +191,14 @@ def test_the_cli_collects_exports_and_names_workers_by_slice(tmp_path):
         build_parser().parse_args(["collect", *common, "--worker-index", "1", "--num-workers", "2"])
     )
     assert cfg.worker == "w1" and [t.id for t in worker_tasks(cfg)] == ["niah-train-1000-s1"]
+    # slices generate only their own tasks, and are exactly build_tasks' list dealt round-robin
+    from rlm_env.evaluate import build_tasks
+
+    two = cfg.model_copy(update={"lengths": ["1k", "2k"], "num_workers": 3})
+    everything = build_tasks(two)
+    for i in range(3):
+        mine = worker_tasks(two.model_copy(update={"worker_index": i}))
+        assert [t.describe() for t in mine] == [t.describe() for t in everything[i::3]]
 
 
 async def test_a_user_dataset_is_collected_with_its_contexts_by_reference(tmp_path):

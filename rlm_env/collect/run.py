@@ -96,8 +96,21 @@ def worker_dir(out: str | Path, worker: str) -> Path:
 
 
 def worker_tasks(config: CollectConfig) -> list[Task]:
-    """This worker's slice of the run's tasks (the full list is the same on every worker)."""
-    return build_tasks(config)[config.worker_index :: config.num_workers]
+    """This worker's slice of the run's task list (`evaluate.build_tasks` order: lengths outer,
+    seeds inner). Generated tasks outside the slice are never generated: a worker of a 1M-token
+    run builds only its own contexts."""
+    if config.dataset or not config.task:
+        return build_tasks(config)[config.worker_index :: config.num_workers]
+    from rlm_env.tasks import get_family, parse_length
+
+    family = get_family(config.task)
+    plan = [(length, config.seed + i) for length in config.lengths for i in range(config.episodes)]
+    tasks = []
+    for length, seed in plan[config.worker_index :: config.num_workers]:
+        task = family.generate(seed, parse_length(length), config.split)
+        task.metadata.setdefault("length_label", length)
+        tasks.append(task)
+    return tasks
 
 
 async def collect_worker(
@@ -117,7 +130,13 @@ async def collect_worker(
     records = await run_eval(eval_view, episode_config, tasks, root_model, sub_model, rubric)
     shards = write_worker_shards(config.out, config.worker, records, rows_per_shard=config.rows_per_shard)
     (folder / "collect.json").write_text(
-        json.dumps({"config": config.model_dump(), "episode": episode_config.model_dump(), "shards": shards})
+        json.dumps(
+            {
+                "config": config.model_dump(),
+                "episode": episode_config.model_dump(mode="json"),
+                "shards": shards,
+            }
+        )
     )
     return records
 
