@@ -21,7 +21,7 @@ from rlm_env.episode import TrajectoryWriter, read_records
 from rlm_env.episode.config import config_from_dict
 from rlm_env.episode.record import ModelCall
 from rlm_env.viewer import create_app
-from rlm_env.viewer.runs import episode_tree
+from rlm_env.viewer.runs import SORT_KEYS, episode_tree
 from tests.collect_helpers import scripted_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +54,9 @@ def test_table_sorts_and_filters(run_dir):
     assert client.get("/", params={"min_reward": "0.5"}).text.count('class="episode-link"') == sum(
         v >= 0.5 for v in rewards.values()
     )
+    for key in SORT_KEYS:  # every column sorts both ways
+        for order in ("asc", "desc"):
+            assert client.get("/", params={"sort": key, "order": order}).status_code == 200
 
 
 def test_episode_tree_places_cells_sub_calls_and_children_under_their_turn(run_dir):

@@ -124,9 +124,12 @@ def filter_and_sort(rows: list[Row], params: dict[str, str]) -> list[Row]:
     if params.get("trainable") in ("yes", "no"):
         rows = [r for r in rows if r.trainable == (params["trainable"] == "yes")]
     key = params.get("sort") if params.get("sort") in SORT_KEYS else "episode_id"
-    rows.sort(
-        key=lambda r: (getattr(r, key) is None, getattr(r, key) or 0), reverse=params.get("order") == "desc"
-    )
+
+    def sort_key(row: Row) -> tuple[bool, Any]:
+        value = getattr(row, key)  # only reward can be None (an unscored run); those sort together
+        return (value is None, 0 if value is None else value)
+
+    rows.sort(key=sort_key, reverse=params.get("order") == "desc")
     return rows
 
 
