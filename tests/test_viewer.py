@@ -54,6 +54,7 @@ def test_table_sorts_and_filters(run_dir):
     assert client.get("/", params={"min_reward": "0.5"}).text.count('class="episode-link"') == sum(
         v >= 0.5 for v in rewards.values()
     )
+    assert "<th>from</th>" not in page  # one file: no column saying which
     for key in SORT_KEYS:  # every column sorts both ways
         for order in ("asc", "desc"):
             assert client.get("/", params={"sort": key, "order": order}).status_code == 200
@@ -153,3 +154,11 @@ def test_the_viewer_in_a_real_headless_browser(run_dir, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_folder_of_several_runs_says_where_each_episode_comes_from(run_dir, tmp_path):
+    for worker in ("a", "b"):
+        shutil.copytree(run_dir / "workers" / "w0", tmp_path / "workers" / worker)
+    page = TestClient(create_app(tmp_path)).get("/").text
+    assert page.count('class="episode-link"') == 8 and "<th>from</th>" in page
+    assert page.count(">workers/a<") == page.count(">workers/b<") == 4

@@ -69,6 +69,7 @@ def create_app(folder: str | Path) -> FastAPI:
                 "choices": choices,
                 "sort_keys": SORT_KEYS,
                 "sort_link": sort_link,
+                "several_files": len({r.file for r in all_rows}) > 1,
             },
         )
 
