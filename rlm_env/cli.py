@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--num-workers", type=int, help="K, the number of workers sharing the tasks")
     _add_episode_options(col)
 
-    exp = sub.add_parser("export", help="filter a run's episodes into a training set (records or root samples)")
+    exp = sub.add_parser(
+        "export", help="filter a run's episodes into a training set (records or root samples)"
+    )
     exp.add_argument("dir", help="a run folder (eval, collect, train) or a trajectories.jsonl")
     exp.add_argument("--out", required=True, help="*.jsonl (records) or *.parquet (dataset rows)")
     exp.add_argument("--samples", action="store_true", help="write root samples (training.samples fields)")
