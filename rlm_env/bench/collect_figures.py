@@ -1,4 +1,4 @@
-"""Figure 7: collection throughput and dataset size per episode (`rlm-env collect`).
+"""Figure 8: collection throughput and dataset size per episode (`rlm-env collect`).
 
 Two roots, the same machinery (`collect.run.collect_worker`: bounded concurrency, warm sandbox
 pool, one fsync'd JSON line per episode, Parquet shards at the end):
@@ -68,7 +68,7 @@ def _text(m: dict[str, Any]) -> str:
 async def collect(client: Any | None, scripted_episodes: int, engine_episodes: int) -> Figure:
     from rlm_env.models.echo import InstantModel
 
-    title = "7. Collection throughput"
+    title = "8. Collection throughput"
     scripted = await _measure(
         InstantModel(SCRIPTED_REPLY, "scripted-root"), InstantModel(), scripted_episodes, "8k", {}
     )

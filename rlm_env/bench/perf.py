@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlm_env.bench import collect_figures, sandbox_figures, subcall_figures
+from rlm_env.bench import collect_figures, hardening_figures, sandbox_figures, subcall_figures
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
 
 
@@ -48,6 +48,8 @@ class Plan:
     engine_k: int
     engine_pairs: int
     outside_episodes: int
+    soak_episodes: int = 32
+    """Hostile episodes of figure 7 (hardening_figures.soak)."""
 
 
 FULL = Plan(
@@ -71,6 +73,7 @@ SHORT = Plan(
     engine_k=8,
     engine_pairs=2,
     outside_episodes=2,
+    soak_episodes=9,
 )
 
 
@@ -133,6 +136,7 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
             "big_context", lambda: sandbox_figures.big_context(plan.context_tokens, plan.context_reps)
         ),
         await _guarded("rpc_instant", lambda: subcall_figures.rpc_instant(plan.rpc_calls, plan.rpc_reps)),
+        await _guarded("hardening", lambda: hardening_figures.hardening(plan.soak_episodes)),
     ]
     if engine:
         try:

@@ -29,7 +29,8 @@ FIGURES = (
     ("rpc_instant", "4. llm_batch RPC, instant model"),
     ("engine_batch", "5. llm_batch on vLLM vs the engine directly"),
     ("outside_model", "6. Episode time outside the model"),
-    ("collect", "7. Collection throughput"),
+    ("hardening", "7. Hostile soak"),
+    ("collect", "8. Collection throughput"),
 )
 """Every figure, in table order: (key, title). The test checks each title appears."""
 
