@@ -100,9 +100,7 @@ def test_filters_keep_what_they_say(run, tmp_path):
         RecordFilter(lengths=("1000",)): [r for r in records if r.task["metadata"]["target_tokens"] == 1000],
         RecordFilter(trainable=True, min_reward=1.0): [
             r for r in records if r.rewards["reward"] >= 1.0 and r.training_exclusion() is None
-        ]
-        if hasattr(records[0], "training_exclusion")
-        else [r for r in records if r.rewards["reward"] >= 1.0],
+        ],
     }
     for keep, expected in cases.items():
         out = tmp_path / "kept.jsonl"

@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 
 from rewards import Rubric, RubricConfig
 from rlm_env.collect import RecordFilter, export_run, load_collected, load_samples
-from rlm_env.collect.dataset import training_exclusion
 from rlm_env.collect.run import CollectConfig, collect_worker, worker_dir, worker_tasks
 from rlm_env.episode import read_records
 from rlm_env.episode.config import config_from_dict
 from rlm_env.viewer import create_app
+from training.samples import samples_from_records
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -43,12 +43,12 @@ async def test_collect_on_the_real_engine(vllm_client, tmp_path):
         assert all(
             lp <= 1e-6 for lp, m in zip(row["root_logprobs"], mask, strict=True) if m and lp is not None
         )
-        assert row["trainable"] == (training_exclusion(r) is None)
+        assert row["trainable"] == (r.training_exclusion() is None)
         assert row["root_model"] and row["reward"] == pytest.approx(r.rewards["reward"])
 
     n = export_run(cfg.out, tmp_path / "s.parquet", RecordFilter(trainable=True), samples=True)
     samples = load_samples(tmp_path / "s.parquet")
-    assert n == len(samples) == sum(training_exclusion(r) is None for r in records)
+    assert n == len(samples) == len(samples_from_records(records)[0]) > 0
     for s in samples:
         assert s.token_ids == by_id[s.episode_id].root_sample.token_ids
 

@@ -37,21 +37,6 @@ DEFAULT_COMPONENTS = ("correctness", "correctness_any", "format", "cost", "infra
 """Reward components of the default rubric; a run's own components are added after these."""
 
 
-def training_exclusion(record: EpisodeRecord) -> str | None:
-    """None when a trainer may use the episode, else why not. Delegates to the record's own
-    `training_exclusion()`; the fallback only serves records from before that method existed."""
-    method = getattr(record, "training_exclusion", None)
-    if method is not None:
-        return method()
-    if record.flags.infra_failure:
-        return "infra_failure"
-    if not record.root_sample.available or not record.root_sample.token_ids:
-        return "no_token_ids"
-    if not record.root_sample.consistent:
-        return "inconsistent_ids"
-    return None
-
-
 def context_ref(task: dict[str, Any]) -> dict[str, Any]:
     """How to rebuild the context: a generated family's arguments, or a dataset row id."""
     meta = task.get("metadata") or {}
@@ -116,8 +101,8 @@ def record_to_row(record: EpisodeRecord, worker: str, components: list[str]) -> 
         "stop_reason": record.stop_reason,
         "reward": record.rewards.get("reward"),
         **{f"reward_{name}": record.rewards.get(name) for name in components},
-        "trainable": training_exclusion(record) is None,
-        "training_exclusion": training_exclusion(record),
+        "trainable": record.training_exclusion() is None,
+        "training_exclusion": record.training_exclusion(),
         "infra_failure": record.flags.infra_failure,
         "model_failure": record.flags.model_failure,
         "infra_errors": list(record.flags.infra_errors),

@@ -1,8 +1,8 @@
 """Building training sets from collected runs: filter records, export them or their samples.
 
 A `RecordFilter` keeps an episode when every criterion that is set holds (unset = no
-constraint). "trainable" means `EpisodeRecord.training_exclusion() is None` (see
-`collect.dataset.training_exclusion`), never a rule re-derived here.
+constraint). "trainable" means `EpisodeRecord.training_exclusion() is None`, the record's one
+rule, never re-derived here.
 
 Exports (`export_run`), by the output's name:
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from rlm_env.collect.dataset import records_table, training_exclusion, write_table_atomically
+from rlm_env.collect.dataset import records_table, write_table_atomically
 from rlm_env.episode.record import EpisodeRecord, TrajectoryWriter, read_records
 
 
@@ -64,7 +64,7 @@ class RecordFilter(BaseModel):
             return False
         if self.lengths is not None and not any(_same_length(x, meta) for x in self.lengths):
             return False
-        return self.trainable is None or (training_exclusion(record) is None) == self.trainable
+        return self.trainable is None or (record.training_exclusion() is None) == self.trainable
 
 
 def _same_length(wanted: str, meta: dict[str, Any]) -> bool:

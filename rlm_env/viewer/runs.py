@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlm_env.collect.dataset import training_exclusion
 from rlm_env.collect.filters import run_trajectory_files
 from rlm_env.episode.record import CellRecord, EpisodeRecord, ModelCall, read_records
 
@@ -58,7 +57,7 @@ class Row:
             sub_calls=int(b.get("sub_calls", 0)),
             tokens=int(tokens),
             wall_s=round(r.wall_time_s, 2),
-            trainable=training_exclusion(r) is None,
+            trainable=r.training_exclusion() is None,
         )
 
 
