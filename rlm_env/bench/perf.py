@@ -13,10 +13,12 @@ run (these machines are shared and noisy: absolute numbers from different runs d
 7. vLLM's logprobs against a float32 transformers recomputation, bf16 and float32 engines
    (mean <= 0.05 nats bf16): the noise floor of GRPO's importance ratio (`logprob_figures.py`);
 8. a soak of hostile episodes (every one runs an attack of a rotating mix) beside a bystander:
-   wall time, host peak memory, bystander latency, leaks and labels (`hardening_figures.py`).
+   wall time, host peak memory, bystander latency, leaks and labels (`hardening_figures.py`);
+9. collection throughput (episodes/hour) and dataset size per episode, with a scripted root
+   and with the default model (`collect_figures.py`).
 
 The figures themselves live in `sandbox_figures.py` (1-3), `subcall_figures.py` (4-6) and
-`logprob_figures.py` (7) and `hardening_figures.py` (8); this module picks the repetitions, runs them in order, and writes the
+`logprob_figures.py` (7), `hardening_figures.py` (8) and `collect_figures.py` (9); this module picks the repetitions, runs them in order, and writes the
 report (`report.py`).
 `--short` runs few repetitions on a 1M-token context and skips the engine figures (an engine
 start alone takes ~40 s): the test suite uses it to keep this code alive, and its numbers are
@@ -36,7 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlm_env.bench import hardening_figures, logprob_figures, sandbox_figures, subcall_figures
+from rlm_env.bench import (
+    collect_figures,
+    hardening_figures,
+    logprob_figures,
+    sandbox_figures,
+    subcall_figures,
+)
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
 
 
@@ -126,13 +134,17 @@ async def _engine_figures(plan: Plan) -> list[Figure]:
         outside = await _guarded(
             "outside_model", lambda: subcall_figures.outside_model(client, plan.outside_episodes)
         )
+        collected = await _guarded(
+            "collect",
+            lambda: collect_figures.collect(client, 4 * plan.outside_episodes, plan.outside_episodes),
+        )
     finally:
         await close_all_models()
         if not had_ray:
             ray.shutdown()
     batch.raw["engine_start_s"] = round(start_s, 1)
     batch.method += f" (The engine took {start_s:.0f} s to start, not counted.)"
-    return [batch, outside]
+    return [batch, outside, collected]
 
 
 async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list[Figure]:
@@ -148,9 +160,9 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
     if engine:
         try:
             figures += await _engine_figures(plan)
-        except Exception as e:  # noqa: BLE001 - the engine did not start: say so in both rows
+        except Exception as e:  # noqa: BLE001 - the engine did not start: say so in its rows
             traceback.print_exc()
-            for key in ("engine_batch", "outside_model"):
+            for key in ("engine_batch", "outside_model", "collect"):
                 title = dict(FIGURES)[key]
                 figures.append(
                     Figure(key, [Row(title, f"error: engine failed: {e}", "-", False)], {"error": repr(e)})
@@ -163,6 +175,9 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
         )
     else:
         figures += [skipped(key, engine_skip_reason) for key in ENGINE_FIGURES]
+        figures.append(  # the scripted-root rows need no engine
+            await _guarded("collect", lambda: collect_figures.collect(None, 4 * plan.outside_episodes, 0))
+        )
     return figures
 
 

@@ -31,6 +31,7 @@ FIGURES = (
     ("outside_model", "6. Episode time outside the model"),
     ("logprob_agreement", "7. vLLM vs learner logprobs"),
     ("hardening", "8. Hostile soak"),
+    ("collect", "9. Collection throughput"),
 )
 """Every figure, in table order: (key, title). The test checks each title appears."""
 
