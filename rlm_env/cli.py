@@ -67,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_episode_options(ev)
 
+    demos = sub.add_parser(
+        "demos", help="scripted expert demonstrations (a training data source) through the real episode loop"
+    )
+    demos.add_argument("--task", default="niah", help="task family with an expert (niah)")
+    demos.add_argument("--lengths", default="8k", help="comma-separated context lengths, e.g. 8k,32k")
+    demos.add_argument("--episodes", type=int, default=20, help="episodes per length")
+    demos.add_argument("--split", default="train", help="train (default) or test")
+    demos.add_argument("--seed", type=int, default=0)
+    demos.add_argument(
+        "--strategy", help="one expert strategy for every episode (default: drawn per episode)"
+    )
+    demos.add_argument("--sub-model", default="echo", help="model behind the experts' sub-calls")
+    demos.add_argument("--concurrency", type=int, default=2)
+    demos.add_argument("--out", help="output folder (default runs/demos-<task>); an existing run is resumed")
+    _add_episode_options(demos)
+
     models = sub.add_parser("models", help="list cached models; --ensure builds the default model")
     models.add_argument(
         "--ensure", action="store_true", help="fetch and convert the default model if missing"
@@ -115,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         from rlm_env.play import main as run
     elif args.command == "eval":
         from rlm_env.evaluate import main as run
+    elif args.command == "demos":
+        from training.demos.run import main as run
     elif args.command == "models":
         run = _models
     elif args.bench_command == "quality":
