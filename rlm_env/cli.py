@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, help="episodes per length")
     ev.add_argument("--model", help="root model (default: the embedded default model)")
     ev.add_argument("--sub-model", help="sub-call model (default: same engine as --model)")
+    ev.add_argument(
+        "--adapter",
+        help="trained weights on top of --model: a peft LoRA adapter dir or a full checkpoint dir",
+    )
     ev.add_argument("--seed", type=int)
     ev.add_argument("--concurrency", type=int, help="episodes in flight at once")
     ev.add_argument(
