@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from rlm_env.tasks import niah
+from rlm_env.tasks import multihop, niah, oolong
 from rlm_env.tasks.tokens import TokenCounter
-from rlm_env.tasks.words import ADJECTIVES, NOUNS, VERBS, split_words, word_split
+from rlm_env.tasks.words import ADJECTIVES, FIRST_NAMES, NOUNS, SURNAMES, VERBS, split_words, word_split
 
 FAST = TokenCounter(False)  # small contexts, no tokenizer: hundreds of tasks in a second
 SEEDS = range(300)
@@ -22,9 +22,14 @@ def test_word_lists_are_clean_and_unique():
         assert len(words) == len(set(words))
         assert all(re.fullmatch(r"[a-z]+", w) for w in words)  # keys parse as [a-z]+-[a-z]+
     assert not set(ADJECTIVES) & set(NOUNS)
+    for names in (FIRST_NAMES, SURNAMES):
+        assert len(names) == len(set(names)) and all(re.fullmatch(r"[A-Z][a-z]+", n) for n in names)
 
 
-@pytest.mark.parametrize("words,train_min,test_min", [(ADJECTIVES, 300, 120), (NOUNS, 240, 100)])
+@pytest.mark.parametrize(
+    "words,train_min,test_min",
+    [(ADJECTIVES, 300, 120), (NOUNS, 240, 100), (FIRST_NAMES, 160, 90), (SURNAMES, 160, 80)],
+)
 def test_split_word_pools_are_large_and_disjoint(words, train_min, test_min):
     train, test = split_words(words, "train"), split_words(words, "test")
     assert len(train) >= train_min and len(test) >= test_min
@@ -90,3 +95,20 @@ def test_niah_metadata_names_the_templates_used(split):
         qsplit, qkind, qindex = m["question_template"].split("/")
         template = niah.pools(split)["questions"][qkind][int(qindex)]
         assert t.question.startswith(template.format(key=m["needle_key"]))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_people_in_multihop_and_oolong_come_from_their_split(split):
+    first, last = set(split_words(FIRST_NAMES, split)), set(split_words(SURNAMES, split))
+    for seed in range(3):
+        t = multihop.generate(seed, 6000, split, counter=FAST)
+        people = [d.split("\n", 1)[0] for d in t.context.values()]
+        people = [p for p in people if p.split()[0] in first or p.split()[-1] in last]
+        assert len(people) > 5
+        assert all(p.split()[0] in first and p.split()[-1] in last for p in people)
+    # oolong's people ("What instrument does Ines Okafor play?") are the split's too
+    t = oolong.generate(0, 6000, split, counter=FAST)
+    other = "test" if split == "train" else "train"
+    other_names = set(split_words(FIRST_NAMES, other))
+    words = set(re.findall(r"\b[A-Z][a-z]+\b", t.context))
+    assert words & first and not words & (other_names - first)

@@ -13,8 +13,9 @@ skimming for a partial name finds the wrong page.
 Every relation is a function (one founder per company, one birthplace per person, one mayor
 per city, one inventor per invention, one mentor per person, one company per founder), so
 each chain has one answer, the name of the last entity (scorer "exact"). Train and test use
-disjoint name pools, different fact sentences and different question phrasings. The corpus
-size follows the length (`n_docs`, default about one document per 1,500 tokens, 12 to 1,000);
+disjoint name pools (people's names from `words.py`: 179 given names and 175 family names
+for train, 110 and 87 for test), different fact sentences and different question phrasings. The
+corpus size follows the length (`n_docs`, default about one document per 1,500 tokens, 12 to 1,000);
 big corpora are streamed into a JSON file (`ContextFile(kind="json")`).
 """
 
@@ -26,6 +27,7 @@ from rlm_env.tasks.base import Task
 from rlm_env.tasks.filler import generated_paragraph
 from rlm_env.tasks.sizing import Sink, base_metadata, build_sized, check_split, output_path, rng_for, task_id
 from rlm_env.tasks.tokens import TokenCounter
+from rlm_env.tasks.words import FIRST_NAMES, SURNAMES, split_words
 
 FAMILY = "multihop"
 SCORER = "exact"
@@ -45,15 +47,8 @@ RELATIONS = {
 _W = str.split
 _NAMES = {
     "train": {
-        "first": _W(
-            "Marta Jonas Aiko Pedro Leila Tomas Ingrid Kwame Nadia Oskar Beatriz Emil Hana Ivo Lucia "
-            "Matteo Noor Rasmus Selma Tobias Vera Yusuf Zofia Anton Clara Dario Elin Felix Greta Hugo"
-        ),
-        "last": _W(
-            "Velkov Lindqvist Moreau Tanaka Alvarez Haddad Novak Berg Mensah Petrov Quist Sandoval "
-            "Brenner Castell Dufresne Eklund Falk Gruber Holm Ibsen Jovanic Karlsen Laurent Mercer "
-            "Nyberg Orlov Paredes Rask Soler Tamm"
-        ),
+        "first": list(split_words(FIRST_NAMES, "train")),
+        "last": list(split_words(SURNAMES, "train")),
         "stem": _W(
             "Halvorsen Aurelian Brightwater Corvid Dunmore Everline Falconer Granite Hollis Ironbark "
             "Juniper Kestrel Lumen Meridian Northwind Obsidian Pinecrest Quarry Redfern Solace "
@@ -74,15 +69,8 @@ _NAMES = {
         ),
     },
     "test": {
-        "first": _W(
-            "Elena Rafael Yuki Samir Greer Lukas Amara Dmitri Sofia Henrik Alba Bruno Cyra Dag Esme "
-            "Filip Gaia Idris Jana Kasper Livia Milos Nell Otto Petra Quinn Runa Stellan Thea Viggo"
-        ),
-        "last": _W(
-            "Okafor Rossi Nakamura Castillo Farouk Kowalski Dahl Asante Ivanova Aberg Bianchi Cordova "
-            "Drummond Esposito Fontaine Galli Hartmann Iverson Jensen Kaur Lombardi Marsh Nilsen "
-            "Ostrom Pellegrini Ruiz Strand Takeda Unger Varga"
-        ),
+        "first": list(split_words(FIRST_NAMES, "test")),
+        "last": list(split_words(SURNAMES, "test")),
         "stem": _W(
             "Ashgrove Bellhaven Cinderfield Driftwood Emberlight Foxglove Goldcrest Harrowgate Inkwell "
             "Jadestone Kingsmere Larkspur Moonridge Nettlebed Oakhurst Pebblebrook Quillfeather "

@@ -31,6 +31,7 @@ from typing import Any
 from rlm_env.tasks.base import Task
 from rlm_env.tasks.sizing import Sink, base_metadata, build_sized, check_split, output_path, rng_for, task_id
 from rlm_env.tasks.tokens import TokenCounter
+from rlm_env.tasks.words import FIRST_NAMES, SURNAMES, split_words
 
 FAMILY = "oolong"
 CHARS_PER_TOKEN = 2.42
@@ -152,8 +153,8 @@ _SHARED = {
 }
 _SPLIT_POOLS = {
     "train": {
-        "first": _p("Maria|Jonas|Aiko|Pedro|Leila|Tomas|Ingrid|Kwame|Nadia|Oskar"),
-        "last": _p("Lindqvist|Moreau|Tanaka|Alvarez|Haddad|Novak|Berg|Mensah|Petrov"),
+        "first": split_words(FIRST_NAMES, "train"),
+        "last": split_words(SURNAMES, "train"),
         "place": _p(
             "Port Avalen|Kestrova|Marrowby|Lake Tessin|Ostrava Vale|Brindlemoor|Caldera Bay|Fennwick|Santa Olvera|Rookhaven"
         ),
@@ -162,8 +163,8 @@ _SPLIT_POOLS = {
         ),
     },
     "test": {
-        "first": _p("Elena|Rafael|Yuki|Samir|Greta|Lukas|Amara|Dmitri|Sofia|Henrik"),
-        "last": _p("Okafor|Rossi|Nakamura|Castillo|Farouk|Kowalski|Dahl|Asante|Ivanova"),
+        "first": split_words(FIRST_NAMES, "test"),
+        "last": split_words(SURNAMES, "test"),
         "place": _p(
             "Veldmoor|Port Sarin|Ashcombe|Lake Orvieto|Tarnhollow|Bellmere|Quillon Bay|Harrowgate Vale|San Lucero|Wrenfield"
         ),

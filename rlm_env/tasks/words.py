@@ -1,7 +1,7 @@
 """Built-in word lists for invented names and phrases, split deterministically into train/test.
 
-Generators build keys ("humble-tulip") and phrase values ("quiet river sings") from these
-lists. A small model trained on a split must learn to *find and copy* a key, not to recall a
+Generators build keys ("humble-tulip"), phrase values ("quiet river sings") and people's
+names ("Ines Okafor") from these lists. A small model trained on a split must learn to *find and copy* a key, not to recall a
 familiar one, so each split gets hundreds of words: every word belongs to exactly one split,
 chosen by a hash of the word itself (about two thirds train, one third test). The assignment
 never depends on list order or on the Python version, so adding a word never moves another
@@ -112,6 +112,59 @@ VERBS = tuple(
 """.split()
 )
 """Third-person verbs for three-word phrase values ("quiet river sings"), both splits."""
+
+FIRST_NAMES = tuple(
+    """
+    Marta Jonas Aiko Pedro Leila Tomas Ingrid Kwame Nadia Oskar Beatriz Emil Hana Ivo Lucia Matteo
+    Noor Rasmus Selma Tobias Vera Yusuf Zofia Anton Clara Dario Elin Felix Greta Hugo Elena Rafael
+    Yuki Samir Greer Lukas Amara Dmitri Sofia Henrik Alba Bruno Cyra Dag Esme Filip Gaia Idris Jana
+    Kasper Livia Milos Nell Otto Petra Quinn Runa Stellan Thea Viggo Maria Leilani Abel Ada Adrian
+    Agnes Aino Alma Amir Anders Andrea Anika Ansel Arlo Astrid Axel Ayla Basil Bea Benedikt Bianca
+    Boris Brigid Caleb Camille Carmen Cecil Celeste Chiara Cosima Dalia Damian Daphne Delia Dina
+    Dorian Edda Edgar Edith Elif Eliza Emeric Enzo Erik Ester Eva Ezra Fabian Farah Faye Fiona Flora
+    Frida Gael Gideon Gilda Giulia Gustav Hakon Halima Hedda Helga Hiro Ida Ilse Imogen Ines Irene
+    Isak Ivan Jakob Joanna Jorge Jude Juno Kai Kalinda Karin Keiko Kenji Kira Klaus Lara Lars Leon
+    Leopold Lina Linnea Lorenzo Lotte Luca Lydia Mads Maeve Magnus Malin Marek Marius Mateo Maya
+    Mika Mina Mirela Moritz Nadim Naomi Nico Nils Nina Ola Olga Oriana Orla Osman Pablo Paola Pavel
+    Pia Priya Rania Remy Rhea Ronja Rosa Ruben Sabine Saga Salma Santiago Sven Tariq Teodor Tilde
+    Timo Tova Ulla Ulrik Una Valeria Vidar Viola Wanda Wilhelm Xenia Yara Yasmin Yvonne Zara Zeno
+    Zoltan Adele Ahmed Akira Alina Ambrose Anouk Arvid Beatrix Bertil Carla Cassius Cedric Dagny
+    Dante Desmond Eamon Elodie Elsa Emmett Esther Fenna Freya Gunnar Hamid Hattie Hector Ilona Inge
+    Isolde Jarl Joaquin Jorunn Kamala Konrad Lennart Lotta Lucian Marit Mercy Mirko Nalani Nestor
+    Odile Olaf Pascal Quentin Ragna Reza Rolf Sanna Signe Silas Solveig Tamsin Tarek Ugo Vesna
+    Walter Wren Yannick Zelda Zuzana Amos Bodil Ciaran Dorothea Eino Fatima Gisela Harald Inka Jonah
+    Kerstin Leif Margit Nikolai Ottilie Per Rosalind
+""".split()
+)
+"""Given names for invented people (multihop, oolong), both splits."""
+
+SURNAMES = tuple(
+    """
+    Velkov Lindqvist Moreau Tanaka Alvarez Haddad Novak Berg Mensah Petrov Quist Sandoval Brenner
+    Castell Dufresne Eklund Falk Gruber Holm Ibsen Jovanic Karlsen Laurent Mercer Nyberg Orlov
+    Paredes Rask Soler Tamm Okafor Rossi Nakamura Castillo Farouk Kowalski Dahl Asante Ivanova Aberg
+    Bianchi Cordova Drummond Esposito Fontaine Galli Hartmann Iverson Jensen Kaur Lombardi Marsh
+    Nilsen Ostrom Pellegrini Ruiz Strand Takeda Unger Varga Abbott Achterberg Adler Ahlberg Albrecht
+    Almeida Amundsen Andersen Arnaud Aslan Bakker Barros Bauer Beaumont Becker Bergman Blom
+    Bondarenko Brandt Brooks Carvalho Chandra Chen Cohen Conti Costa Crane Cruz Dalton Demir
+    Dimitrov Dobson Dorsey Duarte Edwards Engel Erikson Fabbri Ferreira Fischer Fleming Fonseca
+    Foster Franke Fuentes Garcia Gaspar Greco Grimaldi Gunther Haas Hale Hansen Hayashi Hedlund
+    Herrera Hoffman Horvat Hughes Ishikawa Jakobsen Janssen Jimenez Kadir Kagame Kato Keller Kimura
+    Klein Koch Kovac Kramer Kruger Lambert Larsen Lehmann Leone Lindberg Lopez Lund Maier Marino
+    Martens Mazur Medina Meyer Miller Molina Monti Morales Moretti Munoz Nagy Navarro Neumann
+    Nieminen Nordin Nowak Oliveira Olsen Ortega Osei Palmer Pavlov Pereira Perez Pinto Popescu
+    Quintero Ramos Reyes Richter Rios Rivera Romano Rosen Russo Sato Schmidt Schneider Schubert
+    Serrano Silva Simon Sorensen Suzuki Svensson Szabo Tamura Thorsen Toth Torres Ueda Valdez
+    Vasquez Vogel Wagner Walsh Weber Werner Wolff Yamada Yilmaz Zamora Zeller Zimmermann Acosta
+    Bergstrom Calloway Delacroix Eriksen Figueroa Gallagher Halloran Ingram Jarvis Kessler Lachance
+    Montague Nordqvist Oyelaran Prescott Quiroga Rutherford Salinas Thornton Underhill Valente
+    Whitaker Yoshida Zubiri Arce Blackwood Caruso Dunbar Ellison Forsberg Garrido Hollander
+    Izquierdo Jaramillo Kinsella Lundgren Mancini Norberg Obrien Pacheco Ricci Santoro Tillman Ulloa
+    Vinter Westergaard Abernathy Bellamy Coleridge Devereux Everett Fairweather Greenwood Hawthorne
+    Ashworth
+""".split()
+)
+"""Family names for invented people (multihop, oolong), both splits."""
 
 
 def word_split(word: str) -> str:
