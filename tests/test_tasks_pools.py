@@ -112,3 +112,21 @@ def test_people_in_multihop_and_oolong_come_from_their_split(split):
     other_names = set(split_words(FIRST_NAMES, other))
     words = set(re.findall(r"\b[A-Z][a-z]+\b", t.context))
     assert words & first and not words & (other_names - first)
+
+
+def test_multihop_phrasings_are_many_disjoint_and_recorded():
+    train, test = multihop._PHRASES["train"], multihop._PHRASES["test"]
+    for rel in [*multihop.RELATIONS, "q"]:
+        assert len(train[rel]) >= 3 and len(test[rel]) >= 3
+        assert not set(train[rel]) & set(test[rel])
+    used = set()
+    for seed in range(20):
+        t = multihop.generate(seed, 6000, "train", counter=FAST)
+        picks = t.metadata["question_templates"]
+        assert len(picks) == t.metadata["hops"] + 1
+        desc = t.metadata["start"]
+        for rel, pick in zip(t.metadata["relations"], picks, strict=False):
+            desc = train[rel][pick].format(x=desc)
+        assert t.question == train["q"][picks[-1]].format(x=desc)
+        used |= {(rel, p) for rel, p in zip(t.metadata["relations"], picks, strict=False)}
+    assert len({p for _, p in used}) == 3  # every phrasing index comes up
