@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     demos = sub.add_parser(
         "demos", help="scripted expert demonstrations (a training data source) through the real episode loop"
     )
-    demos.add_argument("--task", default="niah", help="task family with an expert (niah)")
+    demos.add_argument("--task", default="niah", help="task family with an expert (niah, multihop)")
     demos.add_argument("--lengths", default="8k", help="comma-separated context lengths, e.g. 8k,32k")
     demos.add_argument("--episodes", type=int, default=20, help="episodes per length")
     demos.add_argument("--split", default="train", help="train (default) or test")

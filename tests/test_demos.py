@@ -17,8 +17,9 @@ from rewards import Rubric, RubricConfig
 from rlm_env.episode import Episode, EpisodeConfig
 from rlm_env.evaluate import episode_id_for
 from rlm_env.models import EchoModel
-from rlm_env.tasks import niah
+from rlm_env.tasks import multihop, niah
 from rlm_env.tasks.base import Task
+from training.demos import multihop as multihop_expert
 from training.demos import niah as niah_expert
 from training.demos.policy import ExpertPolicy, question_from_prompt
 from training.demos.run import DATA_SOURCE, demo_summary, expert_policy, label_tasks
@@ -50,9 +51,9 @@ async def _run(tasks: list[Task], policy: ExpertPolicy) -> list:
     return await asyncio.gather(*(one(t) for t in tasks))
 
 
-def _demos(tasks, tokenizer, strategy=None):
-    chosen = label_tasks("niah", tasks, strategy)
-    return asyncio.run(_run(tasks, expert_policy("niah", chosen, tokenizer)))
+def _demos(tasks, tokenizer, strategy=None, family="niah"):
+    chosen = label_tasks(family, tasks, strategy)
+    return asyncio.run(_run(tasks, expert_policy(family, chosen, tokenizer)))
 
 
 @pytest.mark.parametrize("strategy", niah_expert.STRATEGIES)
@@ -160,3 +161,24 @@ def test_unknown_family_or_strategy_is_refused():
         expert_policy("codeqa", {}, tokenizer=object())
     with pytest.raises(SystemExit, match="unknown niah strategy"):
         label_tasks("niah", [niah.generate(0, 500, "train")], "guess")
+
+
+@pytest.mark.parametrize("strategy", multihop_expert.STRATEGIES)
+def test_multihop_expert_follows_every_hop(strategy, tokenizer):
+    tasks = [multihop.generate(s, 6000, "train", hops=h) for s, h in ((0, 2), (1, 3), (2, 4))]
+    records = _demos(tasks, tokenizer, strategy, family="multihop")
+    for task, r in zip(tasks, records, strict=True):
+        assert r.rewards["correctness"] == 1.0, (strategy, r.answer, task.expected_answer)
+        assert not [c for c in r.cells if c.error], [c.error for c in r.cells]
+        assert {c.model for c in r.calls} == {f"scripted-expert/{strategy}"}
+        printed = " ".join(c.output for c in r.cells)
+        for entity in task.metadata["chain"][1:]:  # every hop's entity was found and shown
+            assert entity in printed
+    assert samples_from_records(records)[1] == {}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_multihop_questions_parse_into_their_chain(split):
+    for seed in range(40):
+        t = multihop.generate(seed, 1500, split, n_docs=12)
+        assert multihop_expert.parse_question(t.question) == (t.metadata["relations"], t.metadata["start"])

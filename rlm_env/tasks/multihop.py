@@ -184,6 +184,12 @@ _PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
 between splits, and (but for the original "the firm that {x} started") ending in `{x}` so that
 nested descriptions stay readable. The metadata's `question_templates` lists the index used at each hop, then q's."""
 
+
+def question_phrases(split: str) -> dict[str, tuple[str, ...]]:
+    """The question phrasings of one split: relation -> templates with `{x}`, and "q"."""
+    return _PHRASES[check_split(split)]
+
+
 _NOISE = {
     "person": (
         "{n} enjoys long walks along the coast.",
