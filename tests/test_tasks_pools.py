@@ -130,3 +130,10 @@ def test_multihop_phrasings_are_many_disjoint_and_recorded():
         assert t.question == train["q"][picks[-1]].format(x=desc)
         used |= {(rel, p) for rel, p in zip(t.metadata["relations"], picks, strict=False)}
     assert len({p for _, p in used}) == 3  # every phrasing index comes up
+
+
+def test_oolong_templates_are_many_and_disjoint():
+    train, test = oolong._TEMPLATES["train"], oolong._TEMPLATES["test"]
+    for label in oolong.LABELS:
+        assert len(train[label]) >= 7 and len(test[label]) >= 7
+        assert not set(train[label]) & set(test[label])
