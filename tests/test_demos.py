@@ -182,3 +182,30 @@ def test_multihop_questions_parse_into_their_chain(split):
     for seed in range(40):
         t = multihop.generate(seed, 1500, split, n_docs=12)
         assert multihop_expert.parse_question(t.question) == (t.metadata["relations"], t.metadata["start"])
+
+
+def test_a_reply_longer_than_max_tokens_is_never_cut_into_training(tokenizer):
+    """An expert reply the config could not have sampled fails the episode as the environment's
+    (excluded from training), instead of being truncated into a misleading sample."""
+    from rlm_env.episode.config import config_from_dict
+
+    task = niah.generate(0, 2000, "train")
+    chosen = label_tasks("niah", [task])
+    episode = Episode(
+        task,
+        config_from_dict({"root_sampling": {"max_tokens": 20}}),
+        expert_policy("niah", chosen, tokenizer),
+        EchoModel(),
+        episode_id=episode_id_for(task),
+        rubric=Rubric(RubricConfig()),
+    )
+
+    async def go():
+        try:
+            return await episode.run()
+        finally:
+            await episode.close()
+
+    record = asyncio.run(go())
+    assert record.flags.infra_failure and "DemoTooLong" in (record.calls[-1].error or "")
+    assert record.training_exclusion() == "infra_failure"
