@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, help="episodes per length")
     ev.add_argument("--model", help="root model (default: the embedded default model)")
     ev.add_argument("--sub-model", help="sub-call model (default: same engine as --model)")
+    ev.add_argument(
+        "--adapter",
+        help="trained weights on top of --model: a peft LoRA adapter dir or a full checkpoint dir",
+    )
     ev.add_argument("--seed", type=int)
     ev.add_argument("--concurrency", type=int, help="episodes in flight at once")
     ev.add_argument(
@@ -103,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     view = sub.add_parser("view", help="serve a local web page over a run folder (127.0.0.1 only)")
     view.add_argument("dir", help="a run folder holding trajectories.jsonl (eval, collect or train)")
     view.add_argument("--port", type=int, default=8765)
+
+    demos = sub.add_parser(
+        "demos", help="scripted expert demonstrations (a training data source) through the real episode loop"
+    )
+    demos.add_argument("--task", default="niah", help="task family with an expert (niah, multihop)")
+    demos.add_argument("--lengths", default="8k", help="comma-separated context lengths, e.g. 8k,32k")
+    demos.add_argument("--episodes", type=int, default=20, help="episodes per length")
+    demos.add_argument("--split", default="train", help="train (default) or test")
+    demos.add_argument("--seed", type=int, default=0)
+    demos.add_argument(
+        "--strategy", help="one expert strategy for every episode (default: drawn per episode)"
+    )
+    demos.add_argument("--sub-model", default="echo", help="model behind the experts' sub-calls")
+    demos.add_argument("--concurrency", type=int, default=2)
+    demos.add_argument("--out", help="output folder (default runs/demos-<task>); an existing run is resumed")
+    _add_episode_options(demos)
 
     models = sub.add_parser("models", help="list cached models; --ensure builds the default model")
     models.add_argument(
@@ -158,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         from rlm_env.collect.filters import main as run
     elif args.command == "view":
         from rlm_env.viewer.app import main as run
+    elif args.command == "demos":
+        from training.demos.run import main as run
     elif args.command == "models":
         run = _models
     elif args.bench_command == "quality":
