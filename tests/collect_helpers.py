@@ -23,9 +23,10 @@ PROBE = (
     "Let me look at the context.\n```repl\nprint(len(context))\nprint(context[:120])\n"
     "s = llm_query('Summarize in five words: ' + context[:200])\nprint(s[:80])\n{child}```\n"
 )
-ANSWER = (
-    "Now I answer.\n```repl\nimport re\nq = {question!r}\nkey = re.search(r'of (\\S+) mentioned', q)\n"
-    "m = re.search(re.escape(key.group(1)) + r'\\D*(\\d+)', context) if key else None\n"
+ANSWER = (  # answers number needles only (the line that names the key, its 7-digit number)
+    "Now I answer.\n```repl\nimport re\nq = {question!r}\nkey = re.search(r'\\b([a-z]+-[a-z]+)\\b', q)\n"
+    "line = next((x for x in context.splitlines() if key and re.search(r'\\b' + re.escape(key.group(1)) + r'\\b', x)), '')\n"
+    "m = re.search(r'\\b(\\d{{7}})\\b', line) if 'number' in q else None\n"
     "FINAL(m.group(1) if m else 'unknown')\n```\n"
 )
 
