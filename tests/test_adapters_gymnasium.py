@@ -12,6 +12,7 @@ from gymnasium.utils.env_checker import check_env
 
 import rlm_env
 from rlm_env.adapters.gymnasium_env import AnyText, RLMEnv
+from rlm_env.adapters.rollouts import training_exclusion
 from tests.fakes import repl
 
 SMALL = {"budget": {"max_root_turns": 4}}
@@ -85,7 +86,7 @@ def test_an_episode_through_the_env_records_everything():
         assert reward == pytest.approx(record.rewards["reward"]) and reward == 1.0
         assert len(record.cells) == 2 and record.calls[0].role == "root"
         assert [c.role for c in record.calls].count("sub") == 1
-        assert info["training_exclusion"] in (None, "no_token_ids")  # text replies carry no ids
+        assert info["training_exclusion"] == training_exclusion(record)  # the record's own verdict
         with pytest.raises(RuntimeError):
             env.unwrapped._text.step("after the end")
     finally:

@@ -12,7 +12,8 @@ What each call does and records:
 - `reset(seed=, options=)` draws a task: the length from `lengths` and the task seed from the
   env's seeded generator (so `reset(seed=s)` always gives the same task), or takes
   `options={"task": Task}` / `options={"task_seed": int, "length": str}`. It starts a fresh
-  sandboxed REPL with `context` bound and returns the root prompt (metadata and question only).
+  sandboxed REPL with `context` bound and returns the root prompt (metadata and question only;
+  `info["messages"]` holds it as chat messages, system prompt first).
 - `step(reply)` runs every ```repl block of the reply, with `llm_query`/`llm_batch` served by the
   configured `sub_model` engine, and returns the next user message. `terminated` when the answer
   was set, `truncated` when a limit or a failure ended the episode; the reward is the rubric's
@@ -106,9 +107,12 @@ class RLMEnv(gym.Env[str, str]):
         text = self._text_episode()
         self._task = self._draw_task(options or {})
         self._turns = 0
-        observation, _ = text.reset(self._task, episode_id=_safe_id(self._task.id))
+        observation, reset_info = text.reset(self._task, episode_id=_safe_id(self._task.id))
         self._last_observation = observation
-        return observation, self._info()
+        info = self._info()
+        # The root prompt as chat messages, for agents that are chat models.
+        info["messages"] = [dict(m) for m in reset_info.get("messages", [])]
+        return observation, info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         if self._text is None or self._task is None:

@@ -12,18 +12,27 @@ harness); both resolve lazily, so `import rlm_env` stays light.
 - `RLMHarness` runs our RLM episode in process (`NEEDS_CONTAINER = False`: the REPL runs in
   our own bwrap + seccomp sandbox, not in verifiers' runtime, which it never uses). Every root
   call goes through the rollout's interception `endpoint` with its `secret`, so verifiers
-  records it in the trace (with `--client.type train` the trace carries token ids, logprobs
-  and the sampled-token mask). Sub-calls (`llm_query`, `llm_batch`) go through the endpoint
+  records it in the trace. Sub-calls (`llm_query`, `llm_batch`) go through the endpoint
   too by default (`sub_model = "endpoint"`; each is then its own branch in the trace), or to
   one of our engines by spec (`--env.agent.harness.sub-model default`), outside the trace.
-  The whole `EpisodeRecord` (cells, sub-calls, answer, flags, budget, rubric) is stored in
-  `trace.info["rlm_record"]`: the same record `training/` consumes.
+  The whole `EpisodeRecord` (cells, sub-calls with their token ids, answer, flags, budget) is
+  stored in `trace.info["rlm_record"]`: the same record `training/` consumes. Our client asks
+  the endpoint for vLLM's `return_token_ids`, which the default eval client relays, so every
+  root call in the record carries the engine's prompt and sampled ids and logprobs, and
+  `trace.info["rlm_tokens"]` holds the root transcript as one sequence with its loss mask
+  (`token_view`).
 - Rewards come from `rewards/`: `RLMTask`'s `@vf.reward` methods (`correctness` weight 1;
   `format` and `cost` weight 0, logged) and `@vf.metric`s re-score the stored record with the
   project's `Rubric`, so verifiers' numbers and ours agree.
 - An infrastructure failure inside the episode (the endpoint refused, the sandbox broke) is
   raised as `vf.HarnessError`: verifiers then marks the rollout errored and it is not scored,
   the same "not the model's fault" rule as `record.training_exclusion()`.
+
+With `--client.type train` verifiers itself tokenizes and records token ids in the trace's
+nodes, through vLLM's `/inference/v1/generate`; with vLLM 0.32 (what runs here) that fails:
+vLLM answers logprobs as `{"token_id": N}` while verifiers 0.4.0's `renderers` 0.1.12 expects
+`{"token": "token_id:N"}` ("MalformedGenerateResponseError"). The eval client works, and the
+token view above does not depend on it.
 
 What it cannot do: vf-eval's remote runtimes (prime, docker) are not used (the episode's sandbox
 is ours, in the host process), so a hub deployment must allow an in-process harness; the
@@ -116,6 +125,42 @@ def _record(trace: vf.Trace) -> Any:
 
     data = trace.info.get("rlm_record")
     return EpisodeRecord.model_validate(data) if data is not None else None
+
+
+def token_view(record: Any) -> dict[str, Any] | None:
+    """The root transcript as one token sequence with a loss mask, from the engine's own ids.
+
+    Through the chat endpoint each root call reports the prompt ids the server rendered and the
+    ids it sampled (vLLM's `return_token_ids`); call k+1's prompt should start with call k's
+    prompt + sampled ids. Where it does, the sequence grows append-only (mask 1 on sampled ids,
+    0 on everything else); where the server's re-rendering differs from what was sampled
+    (retokenization drift), the sequence restarts from the engine's prompt and `consistent`
+    is False, so a trainer can drop it. None when the endpoint returned no token ids.
+    """
+    roots = [c for c in record.calls if c.role == "root" and c.error is None]
+    if not roots or any(c.prompt_token_ids is None or c.completion_token_ids is None for c in roots):
+        return None
+    ids: list[int] = []
+    mask: list[int] = []
+    logprobs: list[float] = []
+    consistent = True
+    for call in roots:
+        prompt = list(call.prompt_token_ids)
+        if prompt[: len(ids)] != ids:
+            consistent = False
+            ids, mask, logprobs = [], [], []
+        extra = prompt[len(ids) :]
+        ids += extra
+        mask += [0] * len(extra)
+        logprobs += [0.0] * len(extra)
+        sampled = list(call.completion_token_ids)
+        ids += sampled
+        mask += [1] * len(sampled)
+        call_logprobs = list(call.logprobs or [])
+        logprobs += [float(x) for x in call_logprobs[: len(sampled)]] + [0.0] * (
+            len(sampled) - len(call_logprobs)
+        )
+    return {"token_ids": ids, "loss_mask": mask, "logprobs": logprobs, "consistent": consistent}
 
 
 class RLMTask(vf.Task[RLMTaskData, vf.State, vf.TaskConfig]):
@@ -268,6 +313,9 @@ class RLMHarness(vf.Harness[RLMHarnessConfig]):
             if owned_sub and sub is not root:
                 await sub.close()
         trace.info["rlm_record"] = record.model_dump(mode="json")
+        tokens = token_view(record)
+        if tokens is not None:
+            trace.info["rlm_tokens"] = tokens
         answer = record.answer.content
         summary = json.dumps({"answer": answer, "status": record.answer.status, "stop": record.stop_reason})
         if record.flags.infra_failure:
