@@ -113,7 +113,8 @@ def test_vector_env_of_four_runs_episodes():
 @pytest.mark.slow
 @pytest.mark.engine
 def test_sub_calls_run_on_the_real_engine(vllm_client):
-    env = RLMEnv(lengths=["2k"], sub_model=vllm_client, episode_config=SMALL)
+    config = {**SMALL, "sub_call_policy": "trained"}  # keep the sub-calls' token ids in the record
+    env = RLMEnv(lengths=["2k"], sub_model=vllm_client, episode_config=config)
     try:
         env.reset(seed=1)
         obs, *_ = env.step(repl("r = llm_query('Say hello.')\nprint(type(r).__name__, len(r) > 0)"))

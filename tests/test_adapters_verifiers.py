@@ -112,10 +112,16 @@ def test_vf_eval_end_to_end(openai_server, default_model_path, tmp_path):
         tokens = trace["info"]["rlm_tokens"]
         ids, mask, logprobs = tokens["token_ids"], tokens["loss_mask"], tokens["logprobs"]
         assert len(ids) == len(mask) == len(logprobs) and set(mask) == {0, 1}
-        assert sum(mask) == sum(len(c["completion_token_ids"]) for c in roots) == trace["num_output_tokens"]
-        assert ids[: len(roots[0]["prompt_token_ids"])] == roots[0]["prompt_token_ids"]
-        if tokens["consistent"]:
-            assert ids[-len(roots[-1]["completion_token_ids"]) :] == roots[-1]["completion_token_ids"]
+        sampled = sum(len(c["completion_token_ids"]) for c in roots)
+        assert sampled == sum(c["usage"]["completion_tokens"] for c in trace["calls"])
+        assert ids[-len(roots[-1]["completion_token_ids"]) :] == roots[-1]["completion_token_ids"]
+        if tokens["consistent"]:  # one append-only sequence: every sampled id is in it, masked 1
+            assert (
+                sum(mask) == sampled
+                and ids[: len(roots[0]["prompt_token_ids"])] == roots[0]["prompt_token_ids"]
+            )
+        else:  # the server re-rendered a reply differently (drift): the view restarted there
+            assert len(roots) > 1 and sum(mask) < sampled
         for call in roots:
             assert len(call["logprobs"]) == len(call["completion_token_ids"]) and all(
                 x <= 0 for x in call["logprobs"]

@@ -93,9 +93,9 @@ class RLMRolloutFunc:
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         if self.sync_weights and trainer is not None:
             step = int(trainer.state.global_step)
-            if self.last_synced_step is None:
-                self.last_synced_step = step  # the engine already holds the initial weights
-            elif step != self.last_synced_step:
+            if self.last_synced_step is None and step == 0:
+                self.last_synced_step = 0  # a fresh run: the engine already holds the initial policy
+            elif step != self.last_synced_step:  # trained since, or resumed from a checkpoint
                 self.sync(trainer)
                 self.last_synced_step = step
         tasks = [self._task(prompt) for prompt in prompts]
@@ -244,7 +244,7 @@ def save_merged_weights(model: Any, directory: str | os.PathLike[str]) -> Path:
     finally:
         if merged:
             model.unmerge_adapter()
-    if getattr(base.config, "tie_word_embeddings", False):
+    if getattr(getattr(base, "config", None), "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     tmp = directory / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
