@@ -1,6 +1,7 @@
 """Episode throughput through each adapter, next to the native `rlm-env eval`, on the same tasks.
 
     flock /tmp/rlm-vllm.lock python -m rlm_env.bench.adapter_throughput --episodes 4 --out runs/adapters.json
+    python -m rlm_env.bench.adapter_throughput --skip-engine        # the scripted part only
 
 Two measurements:
 
@@ -12,8 +13,9 @@ Two measurements:
    sub-calls 16 tokens): `rlm-env eval` in a subprocess (its own engine), then on one in-process
    engine `rollouts()`, the TRL `rollout_func`, the gymnasium vector env and the SkyRL env
    (both driven by a loop that samples the root on the same engine, as a trainer would), then
-   `vf-eval` against vLLM's OpenAI server. Throughput = episodes / (last end - first start),
-   from the records' (or traces') own timestamps, so engine start-up is excluded everywhere.
+   `vf-eval` (default eval client) against vLLM's OpenAI server. Throughput = episodes /
+   (last end - first start), from the records' own timestamps (for vf-eval, the records inside
+   the traces), so engine start-up is excluded everywhere.
 
 Not a unit test and not part of `bench perf` (it starts three engines: minutes); the numbers go
 in the adapters report. With a tiny model that mostly fails to write code, episodes differ in
@@ -227,26 +229,29 @@ def vf_eval(n: int, workdir: Path, concurrency: int) -> dict[str, Any]:
 
     model = str(ensure_default_model())
     with launch_vllm_server(
-        model,
-        served_model_name=model,
-        config=EngineConfig(max_model_len=4096),
-        extra_args=("--enable-scale-out", "--return-tokens-as-token-ids"),
+        model, served_model_name="smol", config=EngineConfig(max_model_len=4096)
     ) as server:
         command = [
             str(Path(sys.executable).with_name("vf-eval")),
             "rlm-env",
             "-m",
-            model,
+            "smol",
             "-n",
             str(n),
             "-r",
             "1",
         ]
-        command += ["-c", str(concurrency), "--no-push", "--no-rich", "--client.type", "train"]
+        command += ["-c", str(concurrency), "--no-push", "--no-rich"]
         command += ["--client.base-url", server.base_url, "--client.api-key-var", "BENCH_KEY"]
-        command += ["--client.renderer-model-name", model, "--env.agent.runtime.type", "subprocess"]
-        command += ["-o", str(workdir), "--run.name", "vf", "--env.taskset.lengths", "2k"]
-        command += ["--env.taskset.count", str(n), "--env.agent.harness.id", "rlm-env"]
+        command += ["--env.agent.runtime.type", "subprocess", "-o", str(workdir), "--run.name", "vf"]
+        command += [
+            "--env.taskset.lengths",
+            "2k",
+            "--env.taskset.count",
+            str(n),
+            "--env.agent.harness.id",
+            "rlm-env",
+        ]
         command += ["--env.agent.harness.episode.budget.max-root-turns", "2"]
         command += ["--env.agent.harness.episode.root-sampling.max-tokens", "48"]
         command += ["--env.agent.harness.episode.root-sampling.temperature", "0.0"]
@@ -256,10 +261,14 @@ def vf_eval(n: int, workdir: Path, concurrency: int) -> dict[str, Any]:
     traces = [
         json.loads(line)["traces"][0] for line in (workdir / "vf" / "traces.jsonl").read_text().splitlines()
     ]
-    spans = [
-        (t["timing"]["start"], t["timing"]["scoring"]["end"] or t["timing"]["agent"]["end"]) for t in traces
-    ]
-    return _rate(len(traces), _span(spans))
+    failed = [t["errors"] for t in traces if not t["ok"]]
+    if failed:
+        raise RuntimeError(f"vf-eval rollouts failed: {failed}")
+    records = [t["info"]["rlm_record"] for t in traces]
+    rate = _rate(len(traces), _span([(r["started_at"], r["started_at"] + r["wall_time_s"]) for r in records]))
+    spans = [(t["timing"]["start"], t["timing"]["scoring"]["end"]) for t in traces]
+    rate["seconds_incl_setup_and_scoring"] = round(_span(spans), 3)
+    return rate
 
 
 def main() -> int:
@@ -268,24 +277,28 @@ def main() -> int:
     parser.add_argument("--scripted-episodes", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--skip-engine", action="store_true")
+    parser.add_argument("--only", choices=["scripted", "native", "in-process", "vf-eval"], action="append")
     parser.add_argument("--out", default="runs/adapter-throughput.json")
     args = parser.parse_args()
+    only = set(args.only or ["scripted", "native", "in-process", "vf-eval"])
+    if args.skip_engine:
+        only &= {"scripted"}
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    results: dict[str, Any] = {
-        "scripted root, instant sub-model": scripted(args.scripted_episodes, args.concurrency)
-    }
-    print(json.dumps(results, indent=2), flush=True)
-    if not args.skip_engine:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            model: dict[str, Any] = {
-                "rlm-env eval (native, subprocess)": native_eval(args.episodes, work, args.concurrency)
-            }
-            print(json.dumps(model, indent=2), flush=True)
+    results: dict[str, Any] = {}
+    if "scripted" in only:
+        results["scripted root, instant sub-model"] = scripted(args.scripted_episodes, args.concurrency)
+        print(json.dumps(results, indent=2), flush=True)
+    model: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "native" in only:
+            model["rlm-env eval (native, subprocess)"] = native_eval(args.episodes, work, args.concurrency)
+        if "in-process" in only:
             model |= in_process(args.episodes, args.concurrency)
-            print(json.dumps(model, indent=2), flush=True)
-            model["vf-eval (train client, OpenAI server)"] = vf_eval(args.episodes, work, args.concurrency)
-            results["default model, 2k niah, 2 root turns x 48 tokens, greedy"] = model
+        if "vf-eval" in only:
+            model["vf-eval (eval client, OpenAI server)"] = vf_eval(args.episodes, work, args.concurrency)
+    if model:
+        results["default model, 2k niah, 2 root turns x 48 tokens, greedy"] = model
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
