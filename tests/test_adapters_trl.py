@@ -129,6 +129,9 @@ def test_grpo_trains_two_steps_and_syncs_weights_into_the_engine(vllm_client, de
         prompts, out, _ = calls[0]
         assert len(prompts) == 2 and prompts[0] == prompts[1] and prompts[0] in rollout.tasks
         assert len({r.episode_id for r in out["rlm_record"]}) == 2
+        # Per-episode seeds: the group's members differ even when served by twin replicas.
+        assert out["completion_ids"][0] != out["completion_ids"][1]
+        assert trainer.state.log_history[0]["grad_norm"] > 0
         for record, p_ids, c_ids, logprobs, mask in zip(
             out["rlm_record"],
             out["prompt_ids"],

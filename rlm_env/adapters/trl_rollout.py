@@ -25,6 +25,10 @@ adapter (if any) into a copy of the weights, saves them as `model.safetensors` (
 checkpoint's own tensor names) under `sync_dir` (default /dev/shm) and calls
 `engine.reload_weights(dir)`; every later completion carries the new `weight_version`.
 
+Sampling: each root call gets its own seed (episode id, turn, call number; `SeededRoot`),
+because engine replicas that share a seed return identical samples for a GRPO group's identical
+prompts (measured: zero reward variance, zero loss, on 2 replicas). Sub-calls are not seeded.
+
 What it cannot do: TRL recomputes logprobs under its own model and, without `use_vllm`,
 applies no importance correction from ours (the engine's bf16 numbers differ slightly from the
 trainer's); each `rollout_func` call runs its episodes to the end before TRL trains (no
@@ -36,6 +40,7 @@ Root and sub-calls share the engine unless `sub_model` names another.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import os
 import shutil
@@ -64,6 +69,7 @@ class RLMRolloutFunc:
         concurrency: int = 4,
         sync_dir: str | os.PathLike[str] | None = None,
         sync_weights: bool = True,
+        seed: int = 0,
     ):
         self.tasks = {task.id: task for task in tasks}
         self.engine = engine
@@ -78,6 +84,8 @@ class RLMRolloutFunc:
         """Engine weight versions after each sync, in order (for logs and tests)."""
         self.records: list[EpisodeRecord] = []
         """Every record of the last call, in prompt order."""
+        self.seed = seed
+        self.calls = 0
 
     # -- what GRPOTrainer needs ---------------------------------------------------------------
     def dataset(self, repeat: int = 1) -> Any:
@@ -154,9 +162,10 @@ class RLMRolloutFunc:
         # Repeats of one task (a GRPO group) need distinct episode ids: tag them by position.
         tagged = [_Tagged(task, index) for index, task in enumerate(tasks)]
         by_index: dict[int, EpisodeRecord] = {}
+        self.calls += 1
         async for record in rollouts(
             tagged,
-            self.engine,
+            SeededRoot(self.engine, salt=f"{self.seed}/{self.calls}"),
             sub_model=self.sub_model,
             config=self.config,
             rubric=self.rubric,
@@ -164,6 +173,38 @@ class RLMRolloutFunc:
         ):
             by_index[int(record.episode_id.rsplit(":", 1)[1])] = record
         return [by_index[i] for i in range(len(tasks))]
+
+
+class SeededRoot:
+    """A client wrapper giving every root call its own sampling seed, derived from the episode id,
+    the turn and a salt (the call number).
+
+    Why: engine replicas started with the same seed sample identical continuations for identical
+    prompts, so the members of a GRPO group (same prompt, routed to different replicas) would come
+    back as copies with zero advantage. Seeds per request make group members differ and a batch
+    reproducible. Sub-calls (no session id) keep the engine's own randomness. Everything else
+    (tokenizer, reload_weights, weight_version, ...) is the wrapped client's.
+    """
+
+    def __init__(self, client: Any, salt: str):
+        self._client = client
+        self._salt = salt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def generate(
+        self, messages: Any, sampling: Any, *, prompt_token_ids: Any = None, session_id: Any = None
+    ):
+        if sampling.seed is None and session_id is not None:
+            digest = hashlib.blake2b(f"{self._salt}\0{session_id}\0{len(messages)}".encode(), digest_size=4)
+            sampling = sampling.replace(seed=int.from_bytes(digest.digest(), "big") & 0x7FFFFFFF)
+        return await self._client.generate(
+            messages, sampling, prompt_token_ids=prompt_token_ids, session_id=session_id
+        )
+
+    async def close(self) -> None:  # the wrapped client belongs to the caller
+        return None
 
 
 class _Tagged(Task):
