@@ -55,21 +55,10 @@ def resolve_model(model: str | ModelClient, *, role: str = "root", engine: Any =
 
 
 def training_exclusion(record: EpisodeRecord) -> str | None:
-    """None when a trainer should train on this episode, else the reason.
-
-    Delegates to `EpisodeRecord.training_exclusion()` (the one source of truth) where the
-    installed record has it; older records fall back to the rubric's mask and the infra flag.
-    """
-    method = getattr(record, "training_exclusion", None)
-    if callable(method):
-        return method()
-    if record.flags.infra_failure:
-        return "infra_failure"
-    if not record.rewards:
-        return "unscored"
-    if record.rewards.get("mask", 1.0) == 0.0:
-        return "reward_mask"
-    return None
+    """None when a trainer should train on this episode, else the reason: exactly
+    `EpisodeRecord.training_exclusion()`, the one rule (kept here as a function for callers
+    that map over records)."""
+    return record.training_exclusion()
 
 
 def episode_id(task: Task, repeat: int = 0, repeats: int = 1) -> str:

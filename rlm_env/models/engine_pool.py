@@ -104,7 +104,11 @@ class VLLMRayClient:
             max_concurrency=max(1000, self.config.max_inflight * 2),
             runtime_env={"env_vars": replica_env(self.config, slot.index)},
         )
-        slot.actor = actor_cls.remote(self.model, self.config.model_dump(), slot.name)
+        # Each replica (and each replacement) samples from its own seed: replicas sharing one
+        # drew identical samples for identical prompts, so a GRPO group spread over them had no
+        # variance, hence no advantage and no gradient.
+        seed = self.config.seed + 1009 * slot.index + 7919 * slot.incarnation
+        slot.actor = actor_cls.remote(self.model, {**self.config.model_dump(), "seed": seed}, slot.name)
         slot.ready = slot.actor.start.remote(self._weights_path, self.weight_version, self.checkpoint)
 
     def start(self) -> VLLMRayClient:
