@@ -138,13 +138,18 @@ def episode_metrics(records: list[EpisodeRecord]) -> dict[str, float]:
 class Trainer:
     """Holds the learner, the engines and the run folder for one `train()` call."""
 
-    def __init__(self, config: TrainConfig, model_path: str):
+    def __init__(
+        self, config: TrainConfig, model_path: str, *, root_model: Any = None, sub_model: Any = None
+    ):
+        """`root_model`/`sub_model`: already started engines to use (and leave open), e.g. one
+        engine shared by several runs in a test; None starts (and later closes) our own."""
         self.config = config
         self.model_path = model_path
         self.run = Run(config)
         self.learner: Any = None
-        self.root_model: Any = None
-        self.sub_model: Any = None
+        self.root_model: Any = root_model
+        self.sub_model: Any = sub_model if sub_model is not None else root_model
+        self._owned: list[Any] = []
         self.rollouts: Any = None
         self.rubric: Any = None
         self.tb: Any = None
@@ -156,13 +161,16 @@ class Trainer:
         from training.rollout import Rollouts
 
         engine = EngineConfig(**self.config.rollout.engine)
-        console.print(f"starting the vLLM engine for {self.model_path} (~30-60 s on CPU)")
-        self.root_model = build_model(self.model_path, role="root", config=engine)
-        if self.config.sub_call_policy == "frozen":
-            frozen = engine.model_copy(update={"share_engine": False})
-            self.sub_model = build_model(self.model_path, role="sub", config=frozen)
-        else:
-            self.sub_model = self.root_model
+        if self.root_model is None:
+            console.print(f"starting the vLLM engine for {self.model_path} (~30-60 s on CPU)")
+            self.root_model = build_model(self.model_path, role="root", config=engine)
+            self._owned.append(self.root_model)
+            if self.config.sub_call_policy == "frozen":
+                frozen = engine.model_copy(update={"share_engine": False})
+                self.sub_model = build_model(self.model_path, role="sub", config=frozen)
+                self._owned.append(self.sub_model)
+            else:
+                self.sub_model = self.root_model
         self.rollouts = Rollouts(
             self.config.resolved_episode(),
             self.root_model,
@@ -340,8 +348,9 @@ class Trainer:
                 console.print(f"sft: {len(pool)} samples ({stats.as_dict()})")
             else:
                 self._start_engines()
-                if done:
-                    await self._sync(done)  # the engines serve the resumed policy
+                # The engines serve exactly the learner's policy before the first rollout: the
+                # resumed step's weights, or the base weights under this run's name ("<run>/base").
+                await self._sync(done)
             columns = (
                 TextColumn(f"[bold]{config.mode}"),
                 BarColumn(),
@@ -378,7 +387,7 @@ class Trainer:
                 self.tb.close()
             if self.rollouts is not None:
                 await self.rollouts.close()
-            for client in {id(c): c for c in (self.root_model, self.sub_model) if c is not None}.values():
+            for client in self._owned:
                 await client.close()
         rows = self.run.metrics()
         plot_curves(rows, self.run.dir / "reward_curve.png", config.mode)
