@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import shutil
 import signal
 import time
@@ -194,7 +193,7 @@ class Trainer:
         }
 
     # ---- data -----------------------------------------------------------------------------
-    async def _demos(self) -> list[EpisodeRecord]:
+    async def _demos(self, tokenizer: Any = None) -> list[EpisodeRecord]:
         from rewards import Rubric, RubricConfig
         from training.demos import SOLVERS, ScriptedTokenPolicy
         from training.rollout import Rollouts, group_jobs, score, step_tasks
@@ -205,7 +204,7 @@ class Trainer:
                 f"sft.demos: no scripted solver for task family {family!r} (have {sorted(SOLVERS)})"
             )
         path = self.run.records_dir / "demos.jsonl"
-        policy = ScriptedTokenPolicy(self.learner.tokenizer, SOLVERS[family])
+        policy = ScriptedTokenPolicy(tokenizer or self.learner.tokenizer, SOLVERS[family])
         tasks = []
         step = 1
         rc = self.config.rollout
@@ -236,18 +235,6 @@ class Trainer:
         if not items:
             raise SystemExit(f"sft: no usable samples in the data ({stats.as_dict()})")
         return items, stats
-
-    def _sft_batch(self, pool: list[TrainItem], step: int) -> list[TrainItem]:
-        """Items of optimizer step `step` (1-based): epochs of a seeded shuffle, no repeats within one."""
-        size = self.config.batch_size
-        start = (step - 1) * size
-        out = []
-        for k in range(start, start + size):
-            epoch, index = divmod(k, len(pool))
-            order = list(range(len(pool)))
-            random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(pool[order[index]])
-        return out
 
     async def _rollout(self, step: int, copies: int) -> tuple[list[EpisodeRecord], dict[str, float]]:
         from training.rollout import group_jobs, score, step_tasks, write_records
@@ -315,7 +302,9 @@ class Trainer:
         return metrics, [i.episode_id for i in items]
 
     def _sft_step(self, step: int, pool: list[TrainItem]) -> tuple[dict[str, float], list[str]]:
-        batch = self._sft_batch(pool, step)
+        from training.distributed import sft_batch
+
+        batch = sft_batch(pool, step, self.config.batch_size, self.config.seed)
         m = self.learner.train_step(batch, "sft")
         _maybe_kill(step, "after_update")
         return {f"learner/{k}": v for k, v in m.items()} | {"time/learner_s": m["learner_s"]}, [
