@@ -166,6 +166,8 @@ class TrainConfig(_Frozen):
     precision: Literal["fp32", "bf16_autocast"] = "bf16_autocast"
     """Master weights stay fp32; "bf16_autocast" runs matmuls in bf16 (faster on CPUs with
     AVX-512 bf16/AMX). Logprobs and losses are always computed in fp32."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the learner runs: "auto" takes CUDA when torch sees a GPU, else the CPU."""
     workers: int = Field(1, gt=0)
     """Data-parallel learner workers; more than 1 runs the learner on Ray Train (gloo on CPU)."""
     ray_address: str | None = None

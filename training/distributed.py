@@ -105,11 +105,12 @@ def train_distributed(config: TrainConfig, model_path: str) -> list[dict[str, An
         "model_path": model_path,
         "data": data,
     }
+    gpu = config.device == "cuda"  # "auto" stays on CPU workers: the driver's GPU says nothing of theirs
     trainer = TorchTrainer(
         _sft_worker_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=False),
-        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name=f"{config.name}-learner", storage_path=str(Path(out) / "ray")),
     )
     trainer.fit()
@@ -135,14 +136,14 @@ def gradient_probe_loop(loop_config: dict[str, Any]) -> None:
     torch.save(grads, Path(loop_config["dir"]) / f"rank{dist.get_rank()}.pt")
 
 
-def tiny_random_llama(seed: int = 0) -> Any:
+def tiny_random_llama(seed: int = 0, vocab_size: int = 128) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     return LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=128,
+            vocab_size=vocab_size,
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,

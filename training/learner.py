@@ -67,7 +67,8 @@ def wrap_adapter(model: Any, config: TrainConfig) -> Any:
 class Learner:
     def __init__(self, model: Any, config: TrainConfig, tokenizer: Any = None):
         torch.manual_seed(config.seed)
-        self.model = model
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.config = config
         self.is_lora = config.adapter.kind == "lora"
@@ -91,7 +92,7 @@ class Learner:
     # ---- batching -------------------------------------------------------------------------
     def _autocast(self):
         if self.config.precision == "bf16_autocast":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def collate(self, items: list[TrainItem]) -> dict[str, torch.Tensor]:
@@ -107,7 +108,7 @@ class Learner:
             attention[row, :k] = 1
             mask[row, :k] = torch.tensor(item.loss_mask)
             sampled[row, :k] = torch.tensor([lp if lp is not None else 0.0 for lp in item.logprobs])
-        return {
+        batch = {
             "input_ids": ids,
             "attention_mask": attention,
             "loss_mask": mask,
@@ -116,6 +117,7 @@ class Learner:
             "has_logprobs": torch.tensor([i.has_logprobs for i in items], dtype=torch.bool),
             "temperature": torch.tensor([i.temperature for i in items], dtype=torch.float32),
         }
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def micro_batches(self, items: list[TrainItem]) -> list[list[TrainItem]]:
         ordered = sorted(items, key=lambda i: len(i.token_ids))
@@ -243,9 +245,9 @@ class Learner:
                         continue
                     key = _hf_name(name)
                     value = tensor + deltas[key] if key in deltas else tensor
-                    out[key] = value.to(dtype).contiguous()
+                    out[key] = value.to(dtype).cpu().contiguous()
             else:
-                out = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
+                out = {k: v.to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
         base_config = getattr(model, "config", None)
         if getattr(base_config, "tie_word_embeddings", False):
             out.pop("lm_head.weight", None)  # tied to embed_tokens; safetensors refuses shared memory
@@ -274,7 +276,9 @@ class Learner:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        trainable = {n: p.detach().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+        trainable = {
+            n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad
+        }
         save_file(trainable, str(tmp / "trainable.safetensors"))
         torch.save(
             {
@@ -297,13 +301,19 @@ class Learner:
         with torch.no_grad():
             for name, value in weights.items():
                 params[name].copy_(value)
-        state = torch.load(directory / "optimizer.pt", weights_only=False)
+        state = torch.load(directory / "optimizer.pt", weights_only=False, map_location=self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         meta = json.loads((directory / "meta.json").read_text())
         self.step = int(meta.get("learner_step", 0))
         return meta
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def _hf_name(peft_name: str) -> str:

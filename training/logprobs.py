@@ -18,7 +18,7 @@ def completion_logprobs(
     model: Any, prompt_ids: list[int], completion_ids: list[int], temperature: float = 1.0
 ) -> list[float]:
     """log p(completion token | everything before it) under `model`, one per completion token."""
-    ids = torch.tensor([list(prompt_ids) + list(completion_ids)])
+    ids = torch.tensor([list(prompt_ids) + list(completion_ids)], device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
@@ -27,7 +27,7 @@ def completion_logprobs(
     finally:
         model.train(was_training)
     logp = token_logprobs(logits[:, :-1], ids[:, 1:], temperature)[0]
-    return [float(x) for x in logp[len(prompt_ids) - 1 :]]
+    return [float(x) for x in logp[len(prompt_ids) - 1 :].cpu()]
 
 
 def mean_abs_diff(a: list[float], b: list[float]) -> float:

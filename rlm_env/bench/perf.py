@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlm_env.bench import sandbox_figures, subcall_figures
+from rlm_env.bench import sandbox_figures, subcall_figures, training_figures
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
 
 
@@ -112,13 +112,29 @@ async def _engine_figures(plan: Plan) -> list[Figure]:
         outside = await _guarded(
             "outside_model", lambda: subcall_figures.outside_model(client, plan.outside_episodes)
         )
+        # Last: it reloads the engine's weights (with the base weights first, under a run name).
+        grpo = await _guarded("grpo_step", lambda: training_figures.grpo_step(client, client.model))
     finally:
         await close_all_models()
         if not had_ray:
             ray.shutdown()
     batch.raw["engine_start_s"] = round(start_s, 1)
     batch.method += f" (The engine took {start_s:.0f} s to start, not counted.)"
-    return [batch, outside]
+    return [batch, outside, grpo]
+
+
+async def _learner_figure(short: bool) -> Figure:
+    """Figure 7 on the default model; --short: on a tiny random llama (keeps the code alive)."""
+    import tempfile
+
+    from rlm_env.models import ensure_default_model
+
+    if not short:
+        path = str(ensure_default_model())
+        return await asyncio.to_thread(training_figures.learner_speed, path, sequences=4, reps=2)
+    with tempfile.TemporaryDirectory(prefix="rlm-bench-tiny-") as tmp:
+        path = str(training_figures.tiny_model_dir(tmp))
+        return await asyncio.to_thread(training_figures.learner_speed, path, sequences=2, reps=1)
 
 
 async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list[Figure]:
@@ -130,19 +146,22 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
         ),
         await _guarded("rpc_instant", lambda: subcall_figures.rpc_instant(plan.rpc_calls, plan.rpc_reps)),
     ]
+    figures.append(await _guarded("learner_speed", lambda: _learner_figure(plan is SHORT)))
     if engine:
         try:
             figures += await _engine_figures(plan)
         except Exception as e:  # noqa: BLE001 - the engine did not start: say so in both rows
             traceback.print_exc()
-            for key in ("engine_batch", "outside_model"):
+            for key in ("engine_batch", "outside_model", "grpo_step"):
                 title = dict(FIGURES)[key]
                 figures.append(
                     Figure(key, [Row(title, f"error: engine failed: {e}", "-", False)], {"error": repr(e)})
                 )
     else:
         figures += [skipped("engine_batch", engine_skip_reason), skipped("outside_model", engine_skip_reason)]
-    return figures
+        figures.append(skipped("grpo_step", engine_skip_reason))
+    order = [key for key, _ in FIGURES]
+    return sorted(figures, key=lambda f: order.index(f.key))
 
 
 def main(args: Any) -> int:
