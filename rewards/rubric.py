@@ -14,9 +14,16 @@ Default components:
 - `correctness_any`: the same score whatever the status (logged; weight 0 by default);
 - `format`: `shaping.format_reward`; `cost`: `shaping.cost_penalty` with the coefficients.
 
-Infrastructure failures (the record's flags, an infra stop reason, or a `ModelError` from the
-judge while scoring) give `reward` 0.0, `infra_failure` 1.0 and `mask` 0.0: the episode is
-excluded, never counted as the model's mistake.
+Infrastructure failures (the record's flags, an infra stop reason, or an exception carrying
+`infra = True` from the judge while scoring, as a model client's `ModelError` does) give
+`reward` 0.0, `infra_failure` 1.0 and `mask` 0.0, and set the record's `flags.infra_failure`
+too: `EpisodeRecord.training_exclusion()` is the one rule every trainer reads, so the rubric's
+verdict must be visible there, not only in `rewards`. A non-finite component (a custom reward
+function returning NaN) is kept as it is: the record writes and reads it back, and
+`training_exclusion()` leaves the episode out ("non_finite_reward").
+
+The judge is passed in (`judge=`, an async callable prompt -> text); rewards import nothing
+from the engines.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from rewards.scorers import ascore_answer
 from rewards.shaping import cost_penalty, format_reward, infra_failure
 from rlm_env.episode.record import EpisodeRecord
-from rlm_env.models.base import ModelError
 
 
 class RubricConfig(BaseModel):
@@ -123,9 +129,13 @@ class Rubric:
             try:
                 for name, fn in self.functions.items():
                     out[name] = float(await call_with_pool(fn, pool))
-            except ModelError:
+            except Exception as e:
+                if not getattr(e, "infra", False):
+                    raise
                 infra = True
                 out = dict.fromkeys(self.functions, 0.0)
+                record.flags.infra_failure = True
+                record.flags.infra_errors.append(f"reward judge failed: {type(e).__name__}: {e}")
         weights = self.config.weights
         reward = 0.0 if infra else sum(weights.get(k, 0.0) * v for k, v in out.items())
         out.update(reward=float(reward), infra_failure=float(infra), mask=0.0 if infra else 1.0)

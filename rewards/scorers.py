@@ -12,8 +12,9 @@ of the paper's tasks:
   may be lists, tuples, JSON, or text like "(1, 2), (3, 4)".
 - `multiple_choice`: the option letter from "B", "(B)", "Answer: B", "B) foo" (CodeQA).
 - `contains`: the normalized reference occurs in the normalized answer.
-- `llm_judge` (async): asks a judge model (`rlm_env.models.base.ModelClient`) whether the
-  answer matches; a `ModelError` from the judge propagates (infra, not the policy's fault).
+- `llm_judge` (async): asks a judge (any `async judge(prompt) -> str`, passed in by the caller;
+  `rlm_env.models.base.as_judge(client)` makes one from a model client) whether the answer
+  matches; the judge's own exceptions propagate (the rubric reads their `infra` attribute).
 
 `SCORERS` maps names to functions; `score_answer` / `ascore_answer` call one by name.
 """
@@ -218,21 +219,17 @@ async def llm_judge(
     max_tokens: int = 8,
     **kwargs: Any,
 ) -> float:
-    """Ask `judge` (a ModelClient) whether `answer` matches `expected`: 1.0 for yes, else 0.0.
-    A `ModelError` raised by the judge propagates to the caller (who flags infra)."""
+    """Ask `judge` (an async callable: prompt -> reply text) whether `answer` matches
+    `expected`: 1.0 for yes, else 0.0. An exception raised by the judge propagates to the
+    caller (the rubric flags it as infra when it carries `infra = True`)."""
     if judge is None:
-        raise ValueError("llm_judge needs a judge model (judge=ModelClient)")
+        raise ValueError("llm_judge needs a judge (judge=async callable prompt -> str)")
     if answer is None or _text(answer).strip() == "":
         return 0.0
-    from rlm_env.models.base import SamplingParams
-
     prompt = JUDGE_PROMPT.format(
         question=question or "(not given)", expected=_text(expected), answer=_text(answer)
     )
-    completion = await judge.generate(
-        [{"role": "user", "content": prompt}], SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    )
-    return judge_verdict(completion.text)
+    return judge_verdict(await judge(prompt))
 
 
 def judge_verdict(text: str) -> float:

@@ -110,6 +110,43 @@ def build_tasks(config: EvalConfig) -> list[Task]:
     return tasks
 
 
+HARD_DEADLINE_MARGIN_S = 30.0
+
+
+def hard_deadline_s(config: EpisodeConfig) -> float:
+    """When an episode is killed whatever it is doing: its wall-clock budget, plus the longest a
+    cell, a worker restart and a clean finish may legitimately run past it, plus a margin."""
+    sb = config.sandbox
+    return (
+        config.budget.wall_clock_s
+        + sb.cell_timeout_s
+        + sb.kill_grace_s
+        + sb.startup_timeout_s
+        + (HARD_DEADLINE_MARGIN_S)
+    )
+
+
+async def run_with_hard_deadline(episode: Episode, deadline_s: float | None = None) -> EpisodeRecord:
+    """`episode.run()`, killed at the hard deadline (issue 13: no episode may stall a run).
+
+    Every wait inside an episode has its own deadline, so this is a backstop. A kill is labelled
+    as what it is, the episode's own wall-clock budget spent (`stop_reason="wall_clock"`), not an
+    infrastructure failure: the sandbox is closed first, then the record is finished (scored)."""
+    limit = hard_deadline_s(episode.config) if deadline_s is None else deadline_s
+    try:
+        async with asyncio.timeout(limit):
+            return await episode.run()
+    except TimeoutError:
+        await episode.close()
+        if episode.record.stop_reason is None:  # an answer already given keeps its label
+            episode.record.stop_reason = "wall_clock"
+        try:
+            async with asyncio.timeout(HARD_DEADLINE_MARGIN_S):
+                return await episode.finish(episode.record.stop_reason)
+        except TimeoutError:  # scoring itself hung: the record stays unscored, never infra
+            return episode.record
+
+
 def episode_id_for(task: Task) -> str:
     return re.sub(r"[^A-Za-z0-9_.:-]+", "_", task.id)
 
@@ -147,7 +184,7 @@ async def run_eval(
                 sandbox_pool=pool,
             )
             try:
-                return await episode.run()
+                return await run_with_hard_deadline(episode)
             finally:
                 await episode.close()
 

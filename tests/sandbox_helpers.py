@@ -6,6 +6,7 @@ Import the fixtures by name into a test module (`from tests.sandbox_helpers impo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -129,7 +130,61 @@ async def wait_gone(pids: set[int] | list[int], timeout: float = 5.0) -> set[int
     return left
 
 
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory (or its peak, "VmHWM") in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class HostWatch:
+    """Watches the host while an attack runs: event-loop lag, peak memory, leaked processes.
+
+    `async with HostWatch() as w:` ... then `w.check(max_lag_s=..., max_growth_mb=...)`. The lag
+    is how late a 10 ms tick of the host's event loop ever ran; the peak is VmHWM (reset at the
+    start, so it is this attack's peak), compared with the resident memory at the start."""
+
+    def __init__(self) -> None:
+        self.max_lag_s = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.01)
+            self.max_lag_s = max(self.max_lag_s, loop.time() - t0 - 0.01)
+
+    async def __aenter__(self) -> HostWatch:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        self.start_mb = rss_mb()
+        self.before = descendants(os.getpid())
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.peak_growth_mb = rss_mb("VmHWM") - self.start_mb
+
+    def check(self, max_lag_s: float = 1.0, max_growth_mb: float = 200.0) -> None:
+        assert self.max_lag_s < max_lag_s, f"the host's event loop stalled for {self.max_lag_s:.2f} s"
+        assert self.peak_growth_mb < max_growth_mb, f"host memory peaked {self.peak_growth_mb:.0f} MB higher"
+
+
+def assert_no_leaked_processes(allowed: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    """No process below the test process but `allowed` (e.g. the canary, live sandboxes)."""
+    left = {p for p in descendants(os.getpid()) if alive(p)} - set(allowed)
+    assert not left, f"leaked processes: {sorted(left)}"
+
+
 __all__ = [
+    "HostWatch",
+    "assert_no_leaked_processes",
+    "rss_mb",
     "FAST",
     "HAVE_BWRAP",
     "RecordingHandler",

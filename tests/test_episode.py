@@ -10,6 +10,7 @@ import json
 import pytest
 
 from rlm_env.episode import (
+    SCHEMA_VERSION,
     Episode,
     EpisodeConfig,
     EpisodeRecord,
@@ -179,7 +180,7 @@ async def test_llm_batch_of_ten_thousand_prompts_is_refused_clearly():
     reply = repl("try:\n    llm_batch(['p'] * 10_000)\nexcept SubCallError as e:\n    print('refused:', e)")
     record, policy = await run([reply, repl("FINAL('ok')")], cfg=cfg)
     observation = policy.seen[1][-1]["content"]
-    assert "refused:" in observation and "10000 sub-call(s) requested" in observation
+    assert "refused:" in observation and "10,000 prompts asked for, 50 sub-calls left" in observation
     assert record.budget["sub_calls"] == 0
 
 
@@ -232,7 +233,7 @@ async def test_trajectory_record_round_trips(tmp_path):
     (back,) = read_records(path)
     assert back == record
     data = json.loads(record.to_json())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == SCHEMA_VERSION == 2
     assert {"calls", "cells", "root_sample", "answer", "stop_reason", "budget", "flags", "rewards"} <= set(
         data
     )

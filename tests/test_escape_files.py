@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rlm_env.sandbox import prepare_context
-from rlm_env.tasks.base import ContextDir
+from rlm_env.sandbox import ContextDir, prepare_context
 from tests.sandbox_helpers import (  # noqa: F401 - the fixtures are used as test arguments
     FAST,
     RecordingHandler,
@@ -143,19 +142,33 @@ async def test_context_file_cannot_be_modified(sandboxes, canary, tmp_path):
     await assert_host_intact(sb, canary)
 
 
-async def test_writing_into_a_shared_context_str_stays_private(sandboxes, canary, tmp_path):
-    pc = prepare_context("A" * (1 << 20), store_dir=tmp_path / "store")
+@pytest.mark.parametrize(
+    "original, written",
+    [("A", "B"), ("\u00e9", "\u00e8"), ("\u03a9", "\u03a8"), ("\U0001f600", "\U0001f601")],
+    ids=["ascii", "latin1", "ucs2", "ucs4"],
+)
+async def test_writing_into_a_shared_context_str_stays_private(
+    sandboxes, canary, tmp_path, original, written
+):
+    n = 1 << 18
+    pc = prepare_context(original * n, store_dir=tmp_path / "store")
+    before = pc.path.read_bytes()
     a, b = await sandboxes(context=pc), await sandboxes(context=pc)
     assert a.layers["context_shared"] and b.layers["context_shared"]
-    r = await a.run_cell(
+    r = await a.run_cell(  # overwrite every character of the mapped str, in place, in its own layout
         "import ctypes, sys\n"
-        "data = id(context) + sys.getsizeof(context) - len(context) - 1\n"
-        "ctypes.memset(data, ord('B'), 1 << 20)\n"
-        "context[:3], context.count('B')"
+        f"w = {pc.char_width}\n"
+        "data = id(context) + sys.getsizeof(context) - (len(context) + 1) * w\n"
+        f"new = ({written!r} * len(context)).encode({'latin-1' if pc.char_width == 1 else f'utf-{8 * pc.char_width}-le'!r})\n"
+        "ctypes.memmove(data, new, len(new))\n"
+        f"context[:3] == {written * 3!r}, context.count({written!r})"
     )
-    assert r.output == "('BBB', 1048576)\n", r  # its own copy-on-write pages
-    assert (await b.run_cell("context[:3], context.count('B')")).output == "('AAA', 0)\n"
-    assert pc.path.read_bytes() == b"A" * (1 << 20)
+    assert r.output == f"(True, {n})\n", r  # its own copy-on-write pages
+    r = await b.run_cell(
+        f"context[:3] == {original * 3!r}, context.count({written!r}), context.count({original!r})"
+    )
+    assert r.output == f"(True, 0, {n})\n", r
+    assert pc.path.read_bytes() == before
     await assert_host_intact(b, canary)
 
 

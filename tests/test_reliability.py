@@ -121,3 +121,59 @@ async def test_worker_killed_mid_cell_is_restarted_and_flagged():
     assert record.answer.content == "survived"
     assert record.cells[1].exit_signal == 9
     assert record.flags.infra_suspected and not record.flags.infra_failure
+
+
+# ---- issue 13: the model's code cannot forge an infrastructure label, nor stall a run ----------
+
+FORGE_DURATION = repl(
+    "_g = llm_query.__globals__\n_orig = _g['run_cell']\n"
+    "def _forged(code, _orig=_orig):\n    r = _orig(code)\n    r['duration_s'] = 10**400\n    return r\n"
+    "_g['run_cell'] = _forged"
+)
+
+
+async def test_a_forged_result_frame_is_the_models_violation_not_infra():
+    policy = ScriptedPolicy([FORGE_DURATION, repl("print('hi')"), repl("FINAL('after')")])
+    episode = Episode(tasks(1)[0], config_from_dict({}), policy, UpperCaseSubModel())
+    record = await asyncio.wait_for(episode.run(), timeout=60)
+    assert record.stop_reason == "answer" and record.answer.content == "after"
+    assert not record.flags.infra_failure and record.flags.infra_errors == []
+    forged = record.cells[1]
+    assert forged.worker_restarted and forged.error.startswith("ProtocolViolation"), forged
+    assert forged.protocol_violation and not record.cells[0].protocol_violation
+    assert not record.flags.infra_suspected  # the host restarted it for cause: nothing ambiguous
+    assert "broke the host protocol" in policy.seen[2][-1]["content"]
+
+
+async def test_the_hard_deadline_ends_a_stuck_episode_as_its_own_budget():
+    from rlm_env.evaluate import hard_deadline_s, run_with_hard_deadline
+    from tests.sandbox_helpers import assert_no_leaked_processes
+
+    cfg = config_from_dict({"sandbox": {"cell_timeout_s": 60}, "budget": {"wall_clock_s": 5}})
+    assert hard_deadline_s(cfg) == 5 + 60 + 5 + 20 + 30  # budget + cell + kill grace + start + margin
+    policy = ScriptedPolicy([repl("import time; time.sleep(60)")])
+    episode = Episode(tasks(1)[0], cfg, policy, UpperCaseSubModel())
+    t0 = asyncio.get_running_loop().time()
+    record = await run_with_hard_deadline(episode, deadline_s=1.5)
+    assert asyncio.get_running_loop().time() - t0 < 10
+    assert record.stop_reason == "wall_clock" and not record.flags.infra_failure
+    assert episode.sandbox is None
+    assert_no_leaked_processes()
+
+
+async def test_a_child_rlms_context_file_is_removed_when_it_ends():
+    """rlm_query children once left their prompt in the shared context store forever."""
+    prompt = f"child prompt {os.getpid()}-{asyncio.get_running_loop().time()}"
+    policy = ScriptedPolicy(
+        [repl(f"r = rlm_query({prompt!r})"), repl("FINAL('from the child')"), repl("FINAL(r)")]
+    )
+    cfg = config_from_dict({"budget": {"max_depth": 2}})
+    episode = Episode(tasks(1)[0], cfg, policy, UpperCaseSubModel())
+    record = await asyncio.wait_for(episode.run(), timeout=60)
+    assert record.answer.content == "from the child" and len(record.children) == 1
+    from rlm_env.sandbox.context import default_store_dir
+
+    store = default_store_dir()
+    child_sha, root_sha = record.children[0].context_meta["sha256"], record.context_meta["sha256"]
+    assert not (store / f"{child_sha}.txt").exists()
+    assert (store / f"{root_sha}.txt").exists()  # a task's context is shared: kept (swept when stale)

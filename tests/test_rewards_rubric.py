@@ -15,7 +15,7 @@ from rewards import (
     infra_failure,
 )
 from rlm_env.episode.record import AnswerRecord, CellRecord, EpisodeRecord, Flags, ModelCall
-from rlm_env.models.base import Completion, ModelError
+from rlm_env.models.base import Completion, ModelError, as_judge
 from rlm_env.tasks.base import Task
 
 TASK = Task("t1", "ctx", "How many?", 42, "numeric", {"family": "oolong"})
@@ -133,9 +133,13 @@ class Judge:
 async def test_rubric_with_llm_judge_and_judge_failure():
     task = Task("t2", "ctx", "Capital of France?", "Paris", "llm_judge")
     rec = make_record(content="It is Paris")
-    assert (await Rubric().score(rec, task, judge=Judge()))["correctness"] == 1.0
-    out = await Rubric().score(rec, task, judge=Judge(fail=True))
+    assert (await Rubric().score(rec, task, judge=as_judge(Judge())))["correctness"] == 1.0
+    assert rec.training_exclusion() is None
+    out = await Rubric().score(rec, task, judge=as_judge(Judge(fail=True)))
     assert out["infra_failure"] == 1.0 and out["mask"] == 0.0 and out["reward"] == 0.0
+    # The judge's failure reaches the one exclusion rule trainers read, not only `rewards`.
+    assert rec.flags.infra_failure and "judge" in rec.flags.infra_errors[0]
+    assert rec.training_exclusion() == "infra_failure"
 
 
 async def test_rubric_custom_functions_get_only_their_arguments():

@@ -20,7 +20,7 @@ from rewards.scorers import (
     score_answer,
     set_f1,
 )
-from rlm_env.models.base import Completion, ModelError
+from rlm_env.models.base import ModelError
 
 
 @pytest.mark.parametrize(
@@ -161,19 +161,16 @@ def test_contains(answer, expected, score):
 
 
 class FakeJudge:
-    name = "fake-judge"
+    """A judge as rewards take it: an async callable prompt -> reply text."""
 
     def __init__(self, reply: str = "yes", fail: bool = False):
         self.reply, self.fail, self.prompts = reply, fail, []
 
-    async def generate(self, messages, sampling, *, prompt_token_ids=None, session_id=None):
-        self.prompts.append(messages[-1]["content"])
+    async def __call__(self, prompt: str) -> str:
+        self.prompts.append(prompt)
         if self.fail:
             raise ModelError("judge engine down")
-        return Completion(text=self.reply, finish_reason="stop")
-
-    async def close(self):
-        return None
+        return self.reply
 
 
 @pytest.mark.parametrize(

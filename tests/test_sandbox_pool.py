@@ -118,7 +118,7 @@ async def test_bwrap_mode_reports_its_layers(sandboxes):
     assert sb.mode == "bwrap" and sb.mode_warning is None
     layers = sb.layers
     assert layers["seccomp"] and layers["no_new_privs"] and layers["cap_eff"] == "0000000000000000"
-    assert layers["uid"] not in (0, None) and layers["pid"] == 1 and layers["rlimit_failures"] == []
+    assert layers["uid"] not in (0, None) and layers["pid"] == 2 and layers["rlimit_failures"] == []
 
 
 def test_bwrap_missing_is_a_clear_error_or_a_loud_fallback(monkeypatch):

@@ -71,7 +71,7 @@ def engine(default_model_path):
 
 
 def checkpoint_of(call, names: dict[str, str]) -> str:
-    return getattr(call, "checkpoint", None) or names[f"v{call.weight_version}"]
+    return call.checkpoint or names[f"v{call.weight_version}"]
 
 
 def assert_trained_tokens_are_sampled(out: Path, step: int, trained_ids: list[str]) -> list:
@@ -117,7 +117,8 @@ async def test_grpo_end_to_end(engine, default_model_path, tmp_path):
                     assert checkpoint_of(call, names) == sampled_by[step]
         assert row["time/sync_s"] > 0 and "reward/reward" in row
     assert any(r["data/items"] > 0 for r in rows), rows  # the cost term gives every group variance
-    prompt = read_records(out / "records" / "step-0002.jsonl")[0].calls[0].prompt_token_ids
+    last = read_records(out / "records" / "step-0002.jsonl")[0]
+    prompt = last.call_prompt_ids(last.calls[0])
     await assert_engine_serves_learner(engine, trainer.learner, prompt)
     assert (out / "reward_curve.png").exists() and any((out / "tb").iterdir())
 
@@ -137,7 +138,9 @@ async def test_rft_end_to_end(engine, default_model_path, tmp_path):
     names = json.loads((out / "checkpoints.json").read_text())
     assert "rft/step-1" in names.values()
     if trained["episode_ids"]:
-        await assert_engine_serves_learner(engine, trainer.learner, records[0].calls[0].prompt_token_ids)
+        await assert_engine_serves_learner(
+            engine, trainer.learner, records[0].call_prompt_ids(records[0].calls[0])
+        )
 
 
 async def test_sft_on_scripted_demos_then_sync(engine, default_model_path, tmp_path):
@@ -152,4 +155,4 @@ async def test_sft_on_scripted_demos_then_sync(engine, default_model_path, tmp_p
     assert all(r.answer.status == "confirmed" and r.rewards["correctness"] == 1.0 for r in demos)
     result = await sync_weights(trainer.learner, engine, out / "shm", "sft/step-2")
     assert result.reload_s < 30
-    await assert_engine_serves_learner(engine, trainer.learner, demos[0].calls[0].prompt_token_ids)
+    await assert_engine_serves_learner(engine, trainer.learner, demos[0].call_prompt_ids(demos[0].calls[0]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from rewards import Rubric
 from rlm_env.episode import Episode
 from rlm_env.episode.config import config_from_dict
 from rlm_env.tasks.base import Task
@@ -47,6 +48,13 @@ async def test_root_sample_is_append_only_and_masked(tokenizer):
     )
     assert last_prompt == rendered
 
+    # Unscored, it is not trainable; scored, it becomes one sample, exactly as sampled.
+    assert samples_from_records([record]) == ([], {"unscored": 1})
+    await Rubric().score(record, task)
     samples, dropped = samples_from_records([record])
     assert len(samples) == 1 and dropped == {}
-    assert samples[0].token_ids == sample.token_ids
+    assert samples[0].token_ids == sample.token_ids and samples[0].has_logprobs
+    # Root prompts are stored once: each call points into the sample instead of repeating it.
+    for call, prompt in zip(record.calls, policy.prompts, strict=True):
+        assert call.prompt_token_ids is None and call.prompt_in_sample
+        assert record.call_prompt_ids(call) == prompt

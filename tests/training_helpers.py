@@ -21,14 +21,15 @@ def make_record(
 ) -> EpisodeRecord:
     """A scored record whose root sample is `prompt` prompt tokens then `sampled` sampled ones."""
     ids = [(seed * 7 + k * 3) % 90 + 5 for k in range(prompt + sampled)]
-    lps = [0.0] * prompt + [-0.5 - 0.1 * k for k in range(sampled)]
+    sampled_lps = [-0.5 - 0.1 * k for k in range(sampled)] if logprobs else [None] * sampled
+    lps = [None] * prompt + sampled_lps
     call = ModelCall(
         id="root-0",
         role="root",
         depth=0,
         prompt_token_ids=ids[:prompt],
         completion_token_ids=ids[prompt:],
-        logprobs=lps[prompt:] if logprobs else None,
+        logprobs=sampled_lps if logprobs else None,
         weight_version=0,
     )
     record = EpisodeRecord(

@@ -9,8 +9,6 @@ sub_call_policy="trained".
 
 Exclusion has one source of truth: `EpisodeRecord.training_exclusion()` (None = train on it).
 An excluded episode never enters a group's statistics or the loss; it is counted by reason.
-Until that method exists on this branch's record, the fallback below mirrors the rubric's own
-rule (infra failure, or a rubric mask of 0) and says so in its reason.
 
 GRPO groups are keyed by task id (the G episodes of a group share one task, hence one context).
 A group whose included rewards are all equal teaches nothing (every advantage is 0): it is
@@ -85,18 +83,8 @@ class BatchStats:
 
 
 def exclusion(record: EpisodeRecord) -> str | None:
-    """Why this episode must not be trained on (None: train on it)."""
-    method = getattr(record, "training_exclusion", None)
-    if method is not None:
-        return method()
-    # Fallback until EpisodeRecord.training_exclusion lands (see the module docstring).
-    if record.flags.infra_failure:
-        return "infra_failure"
-    if record.rewards and record.rewards.get("mask", 1.0) == 0.0:
-        return "reward_mask"
-    if not record.rewards:
-        return "unscored"
-    return None
+    """Why this episode must not be trained on (None: train on it): the record's one rule."""
+    return record.training_exclusion()
 
 
 def group_key(record: EpisodeRecord) -> str:
@@ -104,20 +92,9 @@ def group_key(record: EpisodeRecord) -> str:
 
 
 def _checkpoint_of(call) -> str:
-    name = getattr(call, "checkpoint", None)
-    if name:
-        return name
+    if call.checkpoint:
+        return call.checkpoint
     return f"v{call.weight_version}" if call.weight_version is not None else "unknown"
-
-
-def _root_logprobs_known(record: EpisodeRecord) -> bool:
-    """Before the record carries None for missing logprobs, a root call whose engine returned
-    none left 0.0 placeholders; detect it from the calls themselves."""
-    return all(
-        c.logprobs is not None
-        for c in record.calls
-        if c.role in ("root", "child") and c.depth == record.depth and c.completion_token_ids
-    )
 
 
 def root_items(records: list[EpisodeRecord], max_seq_len: int, stats: BatchStats) -> dict[str, TrainItem]:
@@ -134,8 +111,6 @@ def root_items(records: list[EpisodeRecord], max_seq_len: int, stats: BatchStats
         logprobs: list[float | None] = [
             lp if m else None for lp, m in zip(s.logprobs, s.loss_mask, strict=True)
         ]
-        if not getattr(s, "has_logprobs", True) or not _root_logprobs_known(record):
-            logprobs = [None] * len(s.token_ids)
         items[s.episode_id] = TrainItem(
             episode_id=s.episode_id,
             group=group_key(record),
@@ -152,12 +127,13 @@ def sub_call_items(record: EpisodeRecord, advantage: float, max_seq_len: int) ->
     """Each sub-call with engine ids as its own sample (prompt masked out), carrying `advantage`."""
     out = []
     for c in record.calls:
-        if c.role != "sub" or not c.prompt_token_ids or not c.completion_token_ids or c.error:
+        prompt = record.call_prompt_ids(c) if c.role == "sub" else None
+        if not prompt or not c.completion_token_ids or c.error:
             continue
-        ids = list(c.prompt_token_ids) + list(c.completion_token_ids)
+        ids = prompt + list(c.completion_token_ids)
         if len(ids) > max_seq_len:
             continue
-        n_prompt = len(c.prompt_token_ids)
+        n_prompt = len(prompt)
         lps: list[float | None] = [None] * n_prompt + (
             list(c.logprobs) if c.logprobs is not None else [None] * len(c.completion_token_ids)
         )

@@ -5,9 +5,13 @@ mask (1 on sampled tokens), the sampling logprobs (for importance ratios), and o
 advantage per episode. Advantages here are GRPO's group-relative ones without std scaling
 (reward minus the group mean, the DR-GRPO choice), with groups keyed by task id.
 
-Episodes are dropped, never scored, when they cannot teach anything true: an infrastructure
-failure (the environment's fault), a root transcript without engine token ids, or one whose ids
-drifted from what the engine consumed.
+Which episodes are left out is not decided here: `EpisodeRecord.training_exclusion()` is the
+one rule (the environment failed, the episode was never scored or its reward is not finite, or
+the rubric masked it), and excluded episodes never enter a group's mean. On top of that an
+episode is dropped when its sample cannot be trained on as sampled: no engine token ids (a
+scripted or text-only policy), or ids that drifted from what the engine consumed. A sample whose
+sampled tokens lack logprobs is kept but says so (`has_logprobs` False): it can be trained on,
+but not importance-weighted against its sampling policy.
 """
 
 from __future__ import annotations
@@ -25,9 +29,15 @@ class TrainingSample:
     group: str
     token_ids: list[int]
     loss_mask: list[int]
-    logprobs: list[float]
+    logprobs: list[float | None]
+    """Sampling logprob of each token (None where not sampled, or where the engine gave none)."""
     reward: float
     advantage: float = 0.0
+
+    @property
+    def has_logprobs(self) -> bool:
+        """Every loss-masked token has its sampling logprob (importance weighting is possible)."""
+        return all(lp is not None for lp, m in zip(self.logprobs, self.loss_mask, strict=True) if m)
 
 
 def group_advantages(rewards: list[float]) -> list[float]:
@@ -39,12 +49,14 @@ def group_advantages(rewards: list[float]) -> list[float]:
 
 
 def samples_from_records(records: list[EpisodeRecord]) -> tuple[list[TrainingSample], dict[str, int]]:
-    """Samples with advantages, and counts of what was dropped and why."""
+    """Samples with advantages, and counts of what was dropped and why (keys: the reasons of
+    `training_exclusion()`, "no_token_ids", "inconsistent_ids")."""
     dropped: dict[str, int] = defaultdict(int)
     groups: dict[str, list[TrainingSample]] = defaultdict(list)
     for r in records:
-        if r.flags.infra_failure:
-            dropped["infra_failure"] += 1
+        reason = r.training_exclusion()
+        if reason is not None:
+            dropped[reason] += 1
             continue
         sample = r.root_sample
         if not sample.available or not sample.token_ids:
@@ -61,7 +73,7 @@ def samples_from_records(records: list[EpisodeRecord]) -> tuple[list[TrainingSam
                 token_ids=list(sample.token_ids),
                 loss_mask=list(sample.loss_mask),
                 logprobs=list(sample.logprobs),
-                reward=float(r.rewards.get("reward", 0.0)),
+                reward=float(r.rewards["reward"]),
             )
         )
     out: list[TrainingSample] = []

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlm_env.bench import sandbox_figures, subcall_figures, training_figures
+from rlm_env.bench import hardening_figures, sandbox_figures, subcall_figures, training_figures
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
 
 
@@ -48,6 +48,8 @@ class Plan:
     engine_k: int
     engine_pairs: int
     outside_episodes: int
+    soak_episodes: int = 32
+    """Hostile episodes of figure 7 (hardening_figures.soak)."""
 
 
 FULL = Plan(
@@ -71,6 +73,7 @@ SHORT = Plan(
     engine_k=8,
     engine_pairs=2,
     outside_episodes=2,
+    soak_episodes=9,
 )
 
 
@@ -124,7 +127,7 @@ async def _engine_figures(plan: Plan) -> list[Figure]:
 
 
 async def _learner_figure(short: bool) -> Figure:
-    """Figure 7 on the default model; --short: on a tiny random llama (keeps the code alive)."""
+    """Figure 8 on the default model; --short: on a tiny random llama (keeps the code alive)."""
     import tempfile
 
     from rlm_env.models import ensure_default_model
@@ -145,6 +148,7 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
             "big_context", lambda: sandbox_figures.big_context(plan.context_tokens, plan.context_reps)
         ),
         await _guarded("rpc_instant", lambda: subcall_figures.rpc_instant(plan.rpc_calls, plan.rpc_reps)),
+        await _guarded("hardening", lambda: hardening_figures.hardening(plan.soak_episodes)),
     ]
     figures.append(await _guarded("learner_speed", lambda: _learner_figure(plan is SHORT)))
     if engine:

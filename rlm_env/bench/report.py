@@ -29,8 +29,9 @@ FIGURES = (
     ("rpc_instant", "4. llm_batch RPC, instant model"),
     ("engine_batch", "5. llm_batch on vLLM vs the engine directly"),
     ("outside_model", "6. Episode time outside the model"),
-    ("learner_speed", "7. Learner throughput vs plain transformers"),
-    ("grpo_step", "8. GRPO step: weight sync and time split"),
+    ("hardening", "7. Hostile soak"),
+    ("learner_speed", "8. Learner throughput vs plain transformers"),
+    ("grpo_step", "9. GRPO step: weight sync and time split"),
 )
 """Every figure, in table order: (key, title). The test checks each title appears."""
 

@@ -1,12 +1,12 @@
 """Trainer figures for `rlm-env bench perf`: learner throughput, weight sync, a GRPO step's split.
 
-7. Learner throughput: `training.learner.Learner.train_step` (masked SFT loss, LoRA r=16 on all
+8. Learner throughput: `training.learner.Learner.train_step` (masked SFT loss, LoRA r=16 on all
    projections, AdamW, grad clipping) against a plain transformers step on the very same batch
    and the same LoRA model (`model(input_ids, attention_mask, labels).loss.backward()` plus the
    same AdamW step), interleaved, medians; target >= 0.85. Both precisions are measured (fp32
    and bf16 autocast), each from the same initial weights on the same batches, and their loss
    curves are reported side by side: the trainer's default is the faster one that trains as well.
-8. A GRPO step on the default model and the real engine: its wall time split into rollout,
+9. A GRPO step on the default model and the real engine: its wall time split into rollout,
    scoring, learner and weight sync; the sync (export of the merged LoRA weights to /dev/shm +
    the engines' in-place reload) against its target (<= 1 s) and its share of the step; and the
    environment's own share of the rollout (episode wall time outside model and sub-calls).
@@ -26,8 +26,8 @@ from typing import Any
 
 from rlm_env.bench.report import Figure, Row
 
-LEARNER_TITLE = "7. Learner throughput vs plain transformers"
-GRPO_TITLE = "8. GRPO step: weight sync and time split"
+LEARNER_TITLE = "8. Learner throughput vs plain transformers"
+GRPO_TITLE = "9. GRPO step: weight sync and time split"
 
 
 async def _demo_items(model_path: str, n: int) -> list[Any]:
@@ -71,7 +71,7 @@ def _plain_step(model: Any, optimizer: Any, batch: dict, autocast: bool) -> floa
 
 
 def learner_speed(model_path: str, *, sequences: int, reps: int) -> Figure:
-    """Figure 7 (see the module docstring)."""
+    """Figure 8 (see the module docstring)."""
     from training.config import TrainConfig
     from training.learner import Learner
 
@@ -168,7 +168,7 @@ GRPO_BENCH = {
 
 
 async def grpo_step(client: Any, model_path: str) -> Figure:
-    """Figure 8 (see the module docstring): one GRPO step of configs like configs/grpo.toml."""
+    """Figure 9 (see the module docstring): one GRPO step of configs like configs/grpo.toml."""
     from rlm_env.episode import read_records
     from training.config import load_train_config
     from training.run import Trainer

@@ -57,8 +57,12 @@ class BudgetConfig(_Frozen):
     sub_call_timeout_s: float = Field(300.0, gt=0)
     """One sub-call that takes longer than this fails as an infrastructure error (a hung engine
     must not hold the episode until its wall clock runs out)."""
-    max_sub_prompt_chars: int = Field(200_000, gt=0)
-    """Longest prompt one sub-call may send; longer ones raise SubCallError in the REPL."""
+    max_sub_prompt_chars: int | None = Field(None, gt=0)
+    """Longest prompt one sub-call may send, in characters; longer ones raise SubCallError in
+    the REPL (the model's mistake, kept in training). None (the default) sizes it from the
+    sub-engine's real window (4 characters a token), or 200,000 for an engine that states no
+    window. Whatever this says, a prompt whose tokens do not fit the sub-engine's window is
+    refused the same way, with how many tokens too many."""
     max_depth: int = Field(1, ge=0)
     """Recursion depth of RLMs. The root episode is depth 0; `rlm_query` at depth d starts a
     child episode at d+1 only if d+1 < max_depth, else it falls back to `llm_query`. So 1 (the

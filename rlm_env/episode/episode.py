@@ -16,7 +16,9 @@ behind the `ModelClient` interface. Its life:
 
 Failures are sorted as they happen: a model that writes no code, broken code or a flood of output
 gets an observation and the episode goes on; an engine or sandbox failure stops it with
-`infra_failure` set, so no reward blames the model for it.
+`infra_failure` set, so no reward blames the model for it. Running out of a budget is always
+the model's: the wall clock expiring while the root model is still sampling stops the episode
+with `wall_clock`, exactly as it would inside a cell, and the episode stays in training.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from rlm_env.episode.prompt import build_root_messages, format_observation
 from rlm_env.episode.record import CellRecord, EpisodeRecord, ModelCall
 from rlm_env.episode.subcalls import CHILD_QUESTION, SubCallRouter
 from rlm_env.episode.transcript import RootTranscript
-from rlm_env.models.base import Completion, Message, ModelClient, count_tokens_fallback
+from rlm_env.models.base import Completion, Message, ModelClient, as_judge, count_tokens_fallback
 from rlm_env.sandbox import Sandbox, SandboxPool, prepare_context
 from rlm_env.tasks.base import Task
 
@@ -60,6 +62,7 @@ class Episode:
         parent_call_id: str | None = None,
         sandbox_pool: SandboxPool | None = None,
         rubric: Any | None = None,
+        call_prefix: str = "",
     ):
         self.task = task
         self.config = config
@@ -71,6 +74,9 @@ class Episode:
         self.parent_call_id = parent_call_id
         self.sandbox_pool = sandbox_pool
         self.rubric = rubric
+        self.call_prefix = call_prefix
+        """Prefix of this episode's call ids ("child-1/" for the first child), so ids are
+        unique across the episode tree."""
         self.current_root_call_id: str | None = None
         self.sandbox: Sandbox | None = None
         self.transcript: RootTranscript | None = None
@@ -102,6 +108,9 @@ class Episode:
             self.done = True
             self.record.stop_reason = "sandbox_error"
             return []
+        # (sandbox hardening, issue 13) A child's context is its parent's one-off prompt: remove
+        # its file from the shared store when the child's sandbox closes.
+        self.sandbox.discard_context_on_close = self.depth > 0
         self.record.sandbox_mode = self.sandbox.mode
         self.record.flags.sandbox_mode_warning = self.sandbox.mode_warning
         messages = build_root_messages(self.task.question, meta, self.config)
@@ -121,7 +130,7 @@ class Episode:
                 return await self.finish(reason)
             completion = await self._call_root()
             if completion is None:
-                return await self.finish("model_error")
+                return await self.finish(self.record.stop_reason or "model_error")
             result = await self.step(completion)
             if result.done:
                 break
@@ -160,9 +169,13 @@ class Episode:
                     timed_out=result.timed_out,
                     worker_restarted=result.worker_restarted,
                     exit_signal=result.exit_signal,
+                    oom_killed=result.oom_killed,
+                    protocol_violation=result.protocol_violation,
                 )
             )
-            if result.exit_signal == 9:
+            # A SIGKILL nobody can attribute may be the host's OOM killer or an operator; one the
+            # sandbox's own memory cgroup sent is the model's memory use and is not suspected.
+            if result.exit_signal == 9 and not result.oom_killed:
                 self.record.flags.infra_suspected.append(
                     f"turn {turn}, block {index + 1}: the REPL worker was killed by SIGKILL"
                 )
@@ -207,9 +220,12 @@ class Episode:
         if self.transcript is not None:
             self.record.root_sample = self.transcript.sample
             self.record.root_messages = [dict(m) for m in self.transcript.messages]
+            _store_root_prompts_once(self.record)
         self.record.wall_time_s = round(time.monotonic() - self._started, 4) if self._started else 0.0
         if self.rubric is not None and not self.record.rewards:
-            self.record.rewards = await self.rubric.score(self.record, self.task, judge=self.sub_model)
+            self.record.rewards = await self.rubric.score(
+                self.record, self.task, judge=as_judge(self.sub_model)
+            )
         return self.record
 
     async def close(self) -> None:
@@ -240,27 +256,40 @@ class Episode:
         )
 
     async def _call_root(self) -> Completion | None:
+        """One root turn. None when it failed; the stop reason is set then (the wall clock or
+        the context window: the model's budget; anything else: the infrastructure's)."""
         assert self.transcript is not None
-        call_id = f"root-{self.ledger.root_turns}"
+        call_id = f"{self.call_prefix}root-{self.ledger.root_turns}"
         sampling = self.config.root_sampling.to_params()
         room = self.config.budget.context_window - self.transcript.prompt_length()
         sampling = sampling.replace(max_tokens=max(1, min(sampling.max_tokens, room)))
         started = time.monotonic()
         try:
-            completion = await asyncio.wait_for(
-                self.root_model.generate(
+            async with asyncio.timeout(max(0.0, self.ledger.pool.seconds_left())):
+                completion = await self.root_model.generate(
                     self.transcript.messages,
                     sampling,
                     prompt_token_ids=self.transcript.prompt_token_ids(),
                     session_id=self.episode_id,
-                ),
-                timeout=max(1.0, self.ledger.pool.seconds_left()),
-            )
-        except Exception as e:  # noqa: BLE001 - root engine failures are infrastructure
-            self.flag_infra(f"root model call {call_id} failed: {type(e).__name__}: {e}")
+                )
+        except Exception as e:  # noqa: BLE001 - sorted below: the model's budget, or infrastructure
+            self.record.model_time_s += time.monotonic() - started
+            if isinstance(e, TimeoutError) and self.ledger.pool.seconds_left() <= 0:
+                reason, message = "wall_clock", "stopped: the episode's wall-clock budget ran out mid-call"
+            elif getattr(e, "infra", True) is False:  # PromptTooLong: the transcript outgrew the window
+                reason, message = "context_window", f"{type(e).__name__}: {e}"
+            else:
+                reason, message = "model_error", f"{type(e).__name__}: {e}"
+                self.flag_infra(f"root model call {call_id} failed: {message}")
+            self.record.stop_reason = reason  # type: ignore[assignment]
             self.record.calls.append(
                 ModelCall(
-                    id=call_id, role=self._role(), depth=self.depth, error=str(e), finish_reason="error"
+                    id=call_id,
+                    role=self._role(),
+                    depth=self.depth,
+                    parent_id=self.parent_call_id,
+                    error=message,
+                    finish_reason="error",
                 )
             )
             return None
@@ -270,7 +299,7 @@ class Episode:
 
     def _record_external_reply(self, text: str) -> Completion:
         completion = Completion(text=text, finish_reason="stop", model="external")
-        self._append_root_call(f"root-{self.ledger.root_turns}", completion)
+        self._append_root_call(f"{self.call_prefix}root-{self.ledger.root_turns}", completion)
         return completion
 
     def _append_root_call(self, call_id: str, c: Completion) -> None:
@@ -293,6 +322,8 @@ class Episode:
                 finish_reason=c.finish_reason,
                 model=c.model,
                 weight_version=c.weight_version,
+                checkpoint=c.checkpoint,
+                checkpoint_changed=c.checkpoint_changed,
                 replica=c.replica,
                 latency_s=round(c.latency_s, 4),
                 num_prompt_tokens=prompt_tokens,
@@ -335,6 +366,7 @@ class Episode:
             episode_id=f"{self.episode_id}/child-{index}",
             ledger=self.ledger.child(),
             parent_call_id=self.current_root_call_id,
+            call_prefix=f"{self.call_prefix}child-{index}/",
         )
         record = await child.run()
         self.record.children.append(record)
@@ -348,6 +380,20 @@ class Episode:
             raise RuntimeError(f"the child RLM ended without an answer (stop reason: {record.stop_reason})")
         content = record.answer.content
         return content if isinstance(content, str) else str(content)
+
+
+def _store_root_prompts_once(record: EpisodeRecord) -> None:
+    """Root turns' prompts are prefixes of the one root sample (the transcript is append-only):
+    point into it instead of repeating them, which made records grow with the square of the
+    turn count. A prompt that is not such a prefix (drift, a reset sample) keeps its own ids."""
+    sample = record.root_sample.token_ids
+    for call in record.calls:
+        ids = call.prompt_token_ids
+        if call.role == "sub" or ids is None or len(ids) > len(sample):
+            continue
+        if sample[: len(ids)] == ids:
+            call.prompt_token_ids, call.prompt_in_sample = None, True
+            call.num_prompt_tokens = len(ids)
 
 
 def _context_meta(prepared: Any) -> dict[str, Any]:

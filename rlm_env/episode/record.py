@@ -12,19 +12,33 @@ collection, the viewer). One episode = one `EpisodeRecord`, written as one JSON 
 - every executed cell (`CellRecord`), the answer and how it was obtained, the stop reason, the
   budget ledger, flags separating infrastructure failures from model failures, and rewards.
 
-Bump `SCHEMA_VERSION` on any incompatible change; readers check it (`check_record`).
+Bump `SCHEMA_VERSION` on any incompatible change; readers check it (`check_record`). The
+schema is written down field by field in docs/record.md.
+
+Which episodes a trainer may learn from is decided in exactly one place,
+`EpisodeRecord.training_exclusion()`; every consumer (training samples, trainers, collection
+filters, adapters) asks it rather than re-deriving the rule from flags or rewards. The rule:
+an episode is left out when the environment failed (`flags.infra_failure`: engine, sandbox or
+reward judge), when it was never scored or its reward is not a finite number, or when its rubric
+masked it (`rewards["mask"] == 0`). Everything the model did wrong (no answer, broken code, a
+sub-call prompt too long for the engine, running out of any budget, wall clock included) keeps
+the episode in training with the reward it earned.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: root turns keep their messages once in `root_messages` and their prompt ids as a prefix of
+`root_sample` (`ModelCall.num_messages`, `prompt_in_sample`); logprobs may be null (absent);
+`ModelCall.checkpoint`; sub-call ids always recorded; call ids unique across the tree."""
 
 Role = Literal["root", "sub", "child"]
 AnswerStatus = Literal["confirmed", "fallback_text", "extracted", "none"]
@@ -45,7 +59,8 @@ class ModelCall(BaseModel):
     """One call to a model, root or sub or child."""
 
     id: str
-    """Unique within the episode tree, e.g. "root-3", "sub-17", "child-1/root-0"."""
+    """Unique within the episode tree: "root-3", "sub-17" in the root episode; a child
+    episode prefixes its own path, e.g. "child-1/root-0", "child-1/sub-2"."""
     role: Role
     depth: int
     """0 for the root episode; child episodes run at depth + 1."""
@@ -59,11 +74,27 @@ class ModelCall(BaseModel):
     is append-only, so storing it once per episode loses nothing)."""
     completion_text: str = ""
     prompt_token_ids: list[int] | None = None
+    """The exact prompt ids the engine consumed. For root and child turns whose prompt is a
+    prefix of the episode's `root_sample.token_ids` (`prompt_in_sample`), left out: it is
+    `root_sample.token_ids[:num_prompt_tokens]` (see `EpisodeRecord.call_prompt_ids`)."""
+    prompt_in_sample: bool = False
+    """True when the prompt ids are `root_sample.token_ids[:num_prompt_tokens]` of this
+    call's episode (stored once, so a record grows linearly with its turns)."""
     completion_token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    """Sampling logprob of each completion id; None when the engine returned none (never
+    filled in with zeros)."""
     finish_reason: str = ""
     model: str = ""
     weight_version: int | None = None
+    """The serving client's reload counter (restarts at 0 with the process; see `checkpoint`)."""
+    checkpoint: str | None = None
+    """Identity of the weights that sampled this call, stable across restarts: "base:<sha>"
+    for the weights an engine started with, or the name given to `reload_weights`. None when
+    unknown, or when the weights changed while the call was in flight (`checkpoint_changed`)."""
+    checkpoint_changed: bool = False
+    """The engine reloaded its weights while this call was being sampled: its tokens come
+    from two policies and no single checkpoint can be named."""
     replica: str | None = None
     latency_s: float = 0.0
     num_prompt_tokens: int = 0
@@ -78,8 +109,9 @@ class RootSample(BaseModel):
     token_ids: list[int] = Field(default_factory=list)
     loss_mask: list[int] = Field(default_factory=list)
     """1 where the root model sampled the token, 0 for prompt, REPL output and template tokens."""
-    logprobs: list[float] = Field(default_factory=list)
-    """Sampling logprob for masked-in tokens, 0.0 elsewhere; aligned with token_ids."""
+    logprobs: list[float | None] = Field(default_factory=list)
+    """Aligned with token_ids: the sampling logprob of each token the model sampled; None for
+    prompt/REPL/template tokens and for sampled tokens whose engine returned no logprob."""
     consistent: bool = True
     """False if the engine's prompt ids ever disagreed with the transcript built so far
     (retokenization drift); the sample is then still the engine's own ids, but a trainer may
@@ -103,6 +135,12 @@ class CellRecord(BaseModel):
     timed_out: bool = False
     worker_restarted: bool = False
     exit_signal: int | None = None
+    oom_killed: bool = False
+    """The kernel killed the worker for going over the sandbox's own memory limit: the model's
+    memory use (like a MemoryError), not the environment's failure."""
+    protocol_violation: bool = False
+    """The model's code broke the host protocol (a malformed, forged or oversized frame, a
+    flood of calls): the worker was restarted and the cell failed; charged to the model."""
 
 
 class AnswerRecord(BaseModel):
@@ -118,7 +156,9 @@ class Flags(BaseModel):
     """Who is to blame when something went wrong."""
 
     infra_failure: bool = False
-    """The environment failed (engine down, sandbox crashed): not the model's fault."""
+    """The environment failed (engine down, sandbox crashed, the reward judge unreachable):
+    not the model's fault; the episode is left out of training (`training_exclusion`). Never
+    set for anything the model caused or could have avoided (budgets, prompt sizes, code)."""
     infra_errors: list[str] = Field(default_factory=list)
     infra_suspected: list[str] = Field(default_factory=list)
     """Events that may be the environment's fault but cannot be told apart from the model's:
@@ -132,6 +172,10 @@ class Flags(BaseModel):
 
 
 class EpisodeRecord(BaseModel):
+    # Non-finite floats (a NaN reward from a custom reward function) are written as the JSON
+    # constants NaN/Infinity that Python reads back, instead of null that would fail to load.
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
     schema_version: int = SCHEMA_VERSION
     episode_id: str
     depth: int = 0
@@ -162,6 +206,28 @@ class EpisodeRecord(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+    def training_exclusion(self) -> str | None:
+        """Why a trainer must leave this episode out, or None to train on it (the one rule;
+        see the module docstring). Child episodes share their parent's verdict."""
+        if self.flags.infra_failure:
+            return "infra_failure"
+        reward = self.rewards.get("reward")
+        if reward is None:
+            return "unscored"
+        if not math.isfinite(reward):
+            return "non_finite_reward"
+        if self.rewards.get("mask", 1.0) == 0.0:
+            return "reward_mask"
+        return None
+
+    def call_prompt_ids(self, call: ModelCall) -> list[int] | None:
+        """The exact prompt ids of one of this episode's calls, wherever they are stored."""
+        if call.prompt_token_ids is not None:
+            return list(call.prompt_token_ids)
+        if call.prompt_in_sample:
+            return self.root_sample.token_ids[: call.num_prompt_tokens]
+        return None
 
 
 def check_record(data: dict[str, Any]) -> EpisodeRecord:
@@ -227,17 +293,27 @@ def _drop_torn_tail(path: Path) -> None:
         f.truncate(0)
 
 
+class CorruptRecordError(ValueError):
+    """A line other than the last one does not parse: the file was damaged, not torn."""
+
+
 def read_records(path: str | os.PathLike[str]) -> list[EpisodeRecord]:
-    """Read every complete record; a torn last line (crash mid-write) is skipped."""
+    """Read every record. Only a torn last line (a crash mid-write: no trailing newline) is
+    skipped; a line that fails to parse anywhere else raises `CorruptRecordError` naming the
+    line, so damage is never silently dropped."""
     records = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
+        lines = f.readlines()
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        torn_tail = number == len(lines) and not raw.endswith("\n")
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_tail:
                 continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            records.append(check_record(data))
+            raise CorruptRecordError(f"{path}: line {number} is not valid JSON ({e})") from None
+        records.append(check_record(data))
     return records

@@ -32,7 +32,7 @@ class RootTranscript:
             self._prompt_ids = self._render_ids(self.messages)
             self.sample.token_ids = list(self._prompt_ids)
             self.sample.loss_mask = [0] * len(self._prompt_ids)
-            self.sample.logprobs = [0.0] * len(self._prompt_ids)
+            self.sample.logprobs = [None] * len(self._prompt_ids)
 
     # -- what the next call is fed ------------------------------------------------------------
     def prompt_token_ids(self) -> list[int] | None:
@@ -61,12 +61,15 @@ class RootTranscript:
             self.sample.available = False
             self._prompt_ids = None
             return
-        logprobs = completion.logprobs or [0.0] * len(ids)
+        # No logprobs from the engine: store them as absent, never as 0.0 (which would read as
+        # probability 1 and silently corrupt an importance ratio).
+        logprobs = completion.logprobs if completion.logprobs is not None else []
+        logprobs = [float(x) for x in logprobs[: len(ids)]] + [None] * max(0, len(ids) - len(logprobs))
         self._sampled_text = self._decode(ids)
         self._prompt_ids = self._prompt_ids + list(ids)
         self.sample.token_ids.extend(ids)
         self.sample.loss_mask.extend([1] * len(ids))
-        self.sample.logprobs.extend(float(x) for x in logprobs[: len(ids)])
+        self.sample.logprobs.extend(logprobs)
 
     def add_observation(self, text: str) -> None:
         """Append a user message (REPL output) and the generation prompt after it."""
@@ -81,7 +84,7 @@ class RootTranscript:
             self._prompt_ids = self._prompt_ids + delta
             self.sample.token_ids.extend(delta)
             self.sample.loss_mask.extend([0] * len(delta))
-            self.sample.logprobs.extend([0.0] * len(delta))
+            self.sample.logprobs.extend([None] * len(delta))
         else:
             # The template rewrote the assistant message: render the whole chat (drift possible).
             self.sample.consistent = False
@@ -96,11 +99,11 @@ class RootTranscript:
             extra = ids[n:]
             self.sample.token_ids.extend(extra)
             self.sample.loss_mask.extend([0] * len(extra))
-            self.sample.logprobs.extend([0.0] * len(extra))
+            self.sample.logprobs.extend([None] * len(extra))
         else:
             self.sample.token_ids = list(ids)
             self.sample.loss_mask = [0] * len(ids)
-            self.sample.logprobs = [0.0] * len(ids)
+            self.sample.logprobs = [None] * len(ids)
 
     def _render_text(self, messages: list[Message], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(

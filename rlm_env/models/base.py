@@ -9,7 +9,14 @@ finish reason. Trainers train on exactly those ids, so a client that cannot retu
 
 Failures split in two. `ModelError` is an infrastructure failure (server refused, timed out,
 replica died and retries ran out): the episode flags it as infra, never as the model's fault.
-Everything else (a model that writes nonsense) is just a completion.
+Its one subclass that is the caller's fault, `PromptTooLong` (`infra = False`), says a prompt
+did not fit the engine's window: the policy wrote it, so it is charged to the policy. Everything
+else (a model that writes nonsense) is just a completion.
+
+Optional attributes a client may carry (read with `getattr`, so test doubles need none):
+`tokenizer` (a transformers tokenizer), `supports_token_prompts` (it takes prompt ids),
+`context_window` (prompt + completion tokens the engine can hold), `checkpoint` (identity of
+the weights it serves now).
 """
 
 from __future__ import annotations
@@ -62,6 +69,11 @@ class Completion:
     """Name of the model that answered."""
     weight_version: int | None = None
     """Version of the weights that sampled this (bumped by in-place weight reloads)."""
+    checkpoint: str | None = None
+    """Identity of those weights, stable across restarts ("base:<sha>" or the name given to
+    `reload_weights`); None when unknown or when a reload happened mid-request."""
+    checkpoint_changed: bool = False
+    """True when the weights were reloaded while this request was being sampled."""
     replica: str | None = None
     """Which engine replica served it (for routing diagnostics)."""
     latency_s: float = 0.0
@@ -91,6 +103,28 @@ class ModelError(RuntimeError):
     """
 
     infra = True
+
+
+class PromptTooLong(ModelError):
+    """The prompt (plus the tokens asked for) does not fit the engine's window. The caller
+    wrote that prompt, so it is the caller's mistake (a model's, inside an episode), not the
+    infrastructure's: `infra = False`. `prompt_tokens` and `window` say by how much."""
+
+    infra = False
+
+    def __init__(self, message: str, prompt_tokens: int | None = None, window: int | None = None):
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.window = window
+
+
+_TOO_LONG_MARKERS = ("maximum model length", "maximum context length", "longer than the maximum")
+
+
+def looks_like_prompt_too_long(message: str) -> bool:
+    """True for an engine's own refusal of an over-long prompt (vLLM, OpenAI-style servers)."""
+    lowered = message.lower()
+    return any(marker in lowered for marker in _TOO_LONG_MARKERS)
 
 
 @runtime_checkable
@@ -143,3 +177,21 @@ def chat_prompt_ids(
     if hasattr(rendered, "keys"):  # BatchEncoding / dict
         rendered = rendered["input_ids"]
     return [int(token) for token in rendered]
+
+
+def as_judge(client: ModelClient | None, max_tokens: int = 8) -> Any:
+    """A reward judge over a model client: `await judge(prompt) -> str`, greedy and short.
+
+    Rewards take a judge as a plain async callable, so they need nothing from this package;
+    its failures keep their `infra` attribute (`ModelError.infra` is True), which is how the
+    rubric tells an unreachable judge from a wrong answer."""
+    if client is None:
+        return None
+
+    async def judge(prompt: str) -> str:
+        completion = await client.generate(
+            [{"role": "user", "content": prompt}], SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        )
+        return completion.text
+
+    return judge

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Completion, Message, ModelError, SamplingParams
+from .base import Completion, Message, ModelError, PromptTooLong, SamplingParams, looks_like_prompt_too_long
+from .checkpoint import weights_identity
 from .config import EngineConfig
 from .vllm_engine import VLLMReplica, replica_env
 
@@ -83,6 +84,9 @@ class VLLMRayClient:
         self.request_timeout_s = self.config.request_timeout_s  # public: tests/callers may tighten it
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.weight_version = 0
+        self.checkpoint: str | None = weights_identity(model)
+        """Identity of the weights served now (see `checkpoint.py`); survives restarts."""
+        self.context_window = self.config.max_model_len
         self._weights_path: str | None = None
         self._slots = [_Slot(i, f"{self.name}/r{i}") for i in range(self.config.replicas)]
         self._limits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -101,7 +105,7 @@ class VLLMRayClient:
             runtime_env={"env_vars": replica_env(self.config, slot.index)},
         )
         slot.actor = actor_cls.remote(self.model, self.config.model_dump(), slot.name)
-        slot.ready = slot.actor.start.remote(self._weights_path, self.weight_version)
+        slot.ready = slot.actor.start.remote(self._weights_path, self.weight_version, self.checkpoint)
 
     def start(self) -> VLLMRayClient:
         """Start every replica (in parallel) and block until all answer. Returns self."""
@@ -230,6 +234,9 @@ class VLLMRayClient:
                 self._replace(slot, incarnation)
                 continue
             except RayTaskError as exc:
+                if looks_like_prompt_too_long(str(exc.cause)):
+                    # The caller's prompt, not the engine, is at fault (see PromptTooLong).
+                    raise PromptTooLong(f"{self.name}: {exc.cause}", window=self.context_window) from exc
                 raise ModelError(f"{self.name}: engine error on {slot.name}: {exc.cause!r}") from exc
             finally:
                 slot.inflight -= 1
@@ -252,6 +259,8 @@ class VLLMRayClient:
             logprobs=result["logprobs"],
             model=self.name,
             weight_version=result["weight_version"],
+            checkpoint=result.get("checkpoint"),
+            checkpoint_changed=bool(result.get("checkpoint_changed")),
             replica=result["replica"],
             latency_s=time.perf_counter() - started,
             extras=extras,
@@ -286,16 +295,20 @@ class VLLMRayClient:
         tasks = [self.generate(messages, sampling) for messages in messages_list]
         return await asyncio.gather(*tasks, return_exceptions=return_exceptions)
 
-    async def reload_weights(self, weights_path: str) -> int:
+    async def reload_weights(self, weights_path: str, checkpoint: str | None = None) -> int:
         """Load new weights into every replica (and into any later replacement); returns the
-        new weight version. Call between rollout batches: in-flight requests are not paused."""
+        new weight version. `checkpoint` names them in every later record (e.g. "run/step-3");
+        without it the new weight files are hashed ("sha:<sha12>"). Call between rollout
+        batches: in-flight requests are not paused (they come back `checkpoint_changed`)."""
         for slot in self._slots:
             await slot.ready
+        if checkpoint is None:
+            checkpoint = await asyncio.to_thread(weights_identity, weights_path, "sha")
         version = self.weight_version + 1
         await asyncio.gather(
-            *(slot.actor.reload_weights.remote(weights_path, version) for slot in self._slots)
+            *(slot.actor.reload_weights.remote(weights_path, version, checkpoint) for slot in self._slots)
         )
-        self._weights_path, self.weight_version = weights_path, version
+        self._weights_path, self.weight_version, self.checkpoint = weights_path, version, checkpoint
         return version
 
     async def stats(self) -> list[dict[str, Any]]:

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import Completion, Message, ModelError, SamplingParams, chat_prompt_ids
+from .base import Completion, Message, ModelError, PromptTooLong, SamplingParams, chat_prompt_ids
+from .checkpoint import weights_identity
 
 
 def auto_device() -> str:
@@ -47,6 +48,8 @@ class TransformersClient:
         torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.weight_version = 0
+        self.checkpoint = weights_identity(model)
+        self.context_window: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self._lock = threading.Lock()  # a thread lock: generation itself runs in worker threads
         self._closed = False
 
@@ -66,6 +69,13 @@ class TransformersClient:
             if prompt_token_ids is not None
             else chat_prompt_ids(self.tokenizer, messages)
         )
+        if self.context_window and len(prompt_ids) + 1 > self.context_window:
+            raise PromptTooLong(
+                f"{self.name}: prompt of {len(prompt_ids):,} tokens exceeds the model's window of "
+                f"{self.context_window:,} tokens",
+                prompt_tokens=len(prompt_ids),
+                window=self.context_window,
+            )
         try:
             result = await asyncio.to_thread(self._generate_locked, prompt_ids, sampling)
         except Exception as exc:  # out of memory, device errors: infrastructure, not the model
@@ -124,6 +134,7 @@ class TransformersClient:
             logprobs=logprobs,
             model=self.name,
             weight_version=self.weight_version,
+            checkpoint=self.checkpoint,
             replica=f"{self.name}@{self.device}",
             extras=extras,
         )

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from .base import Completion, Message, ModelError, SamplingParams
+from .base import Completion, Message, ModelError, PromptTooLong, SamplingParams, looks_like_prompt_too_long
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
@@ -107,6 +107,9 @@ class OpenAIChatClient:
             if response.status_code in RETRYABLE_STATUS:
                 problem = f"HTTP {response.status_code}: {response.text[:300]}"
                 continue
+            if response.status_code >= 400 and looks_like_prompt_too_long(response.text):
+                # The caller's prompt did not fit the server's window: its mistake, not ours.
+                raise PromptTooLong(f"{self.name}: HTTP {response.status_code}: {response.text[:500]}")
             if response.status_code >= 400:
                 raise ModelError(
                     f"{self.name}: HTTP {response.status_code} from {self.base_url}: {response.text[:500]}"

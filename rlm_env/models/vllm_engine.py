@@ -127,12 +127,16 @@ class VLLMReplica:
         self.config = EngineConfig(**config)
         self.name = name
         self.weight_version = 0
+        self.checkpoint: str | None = None
+        self.reloading = False
         self.weights_path: str | None = None
         self.engine = None
         self.tokenizer = None
         self.inflight = 0
 
-    async def start(self, weights_path: str | None = None, weight_version: int = 0) -> dict[str, Any]:
+    async def start(
+        self, weights_path: str | None = None, weight_version: int = 0, checkpoint: str | None = None
+    ) -> dict[str, Any]:
         """Build the engine; if `weights_path` is given, load those weights (a replacement
         replica must serve the current policy, not the base checkpoint)."""
         from transformers import AutoTokenizer
@@ -149,6 +153,7 @@ class VLLMReplica:
         if weights_path is not None:
             await self.reload_weights(weights_path)
         self.weight_version = weight_version
+        self.checkpoint = checkpoint
         # With an explicit KV size vLLM skips its warm-up pass, so the first real request
         # would pay ~15 s of one-time kernel setup (and could trip request timeouts). Pay it
         # here, inside the start time.
@@ -168,7 +173,7 @@ class VLLMReplica:
         from vllm.inputs import TokensPrompt
 
         prompt_ids = request.get("prompt_token_ids") or self.render(request["messages"])
-        weight_version = self.weight_version
+        weight_version, checkpoint, reloading = self.weight_version, self.checkpoint, self.reloading
         started = time.perf_counter()
         final = None
         self.inflight += 1
@@ -184,6 +189,7 @@ class VLLMReplica:
             self.inflight -= 1
         sample = final.outputs[0]
         token_ids = list(sample.token_ids)
+        changed = reloading or self.reloading or self.weight_version != weight_version
         return {
             "text": sample.text,
             "finish_reason": sample.finish_reason or "abort",
@@ -192,18 +198,29 @@ class VLLMReplica:
             "completion_token_ids": token_ids,
             "logprobs": sampled_logprobs(token_ids, sample.logprobs),
             "weight_version": weight_version,
+            # A reload during this request mixes two policies in one sample: name neither.
+            "checkpoint": None if changed else checkpoint,
+            "checkpoint_changed": changed,
             "replica": self.name,
             "engine_s": time.perf_counter() - started,
         }
 
-    async def reload_weights(self, weights_path: str, version: int | None = None) -> int:
+    async def reload_weights(
+        self, weights_path: str, version: int | None = None, checkpoint: str | None = None
+    ) -> int:
         """Load new weights in place from a directory holding `*.safetensors`; returns the
         new weight version (`version`, else the old one plus 1). Requests in flight finish on
-        whichever weights they meet."""
-        await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
-        await self.engine.reset_prefix_cache()  # its KV was computed by the old weights
-        self.weights_path = weights_path
+        whichever weights they meet, and say so (`checkpoint_changed`)."""
+        # Bump first and mark the window: a request that overlaps the reload in any way sees it.
         self.weight_version = version if version is not None else self.weight_version + 1
+        self.checkpoint, self.reloading = None, True
+        try:
+            await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
+            await self.engine.reset_prefix_cache()  # its KV was computed by the old weights
+        finally:
+            self.reloading = False
+        self.weights_path = weights_path
+        self.checkpoint = checkpoint
         return self.weight_version
 
     async def stats(self) -> dict[str, Any]:
@@ -212,6 +229,7 @@ class VLLMReplica:
             "pid": os.getpid(),
             "inflight": self.inflight,
             "weight_version": self.weight_version,
+            "checkpoint": self.checkpoint,
         }
 
     async def shutdown(self) -> None:

@@ -6,6 +6,13 @@ socket itself, goes through `serve_call`: validated here, then given to the hand
 every request and owns the budgets. Bad arguments never reach the handler; they come back to
 the REPL as `SubCallError`, like a handler's own exception does.
 
+Limits are checked before the handler runs, so no request makes the host work for nothing: an
+`llm_batch` may carry at most `SandboxConfig.max_batch_prompts` prompts (the frame's item count
+was bounded before it was even parsed, see frames.py), and if the handler has a
+`sub_calls_left()` method, a batch asking for more sub-calls than it returns is refused at once,
+before any prompt is looked at. (`SubCallRouter` can offer that method to charge the budget
+before the work.)
+
 Argument shapes (the handler receives exactly these):
   llm_query / rlm_query: {"prompt": str, "sampling": dict[str, JSON]}
   llm_batch:             {"prompts": list[str], "sampling": dict[str, JSON]}
@@ -17,7 +24,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rlm_env.sandbox.protocol import ProtocolViolation, clean_text
+from rlm_env.sandbox.frames import CallFrame, parse_frame
+from rlm_env.sandbox.protocol import clean_text
 
 SUBCALL_FUNCTIONS = ("llm_query", "llm_batch", "rlm_query")
 _ARG = {"llm_query": "prompt", "rlm_query": "prompt", "llm_batch": "prompts"}
@@ -31,8 +39,13 @@ def _type(v: Any) -> str:
     return type(v).__name__
 
 
-def validate_call(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(fn, args) in the shapes above, or SubCallArgumentError naming what is wrong."""
+def validate_call(
+    frame: dict[str, Any], max_batch: int | None = None, calls_left: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(fn, args) in the shapes above, or SubCallArgumentError naming what is wrong.
+
+    `max_batch`: most prompts in one llm_batch; `calls_left`: sub-calls the handler would still
+    accept. Both are checked on the count alone, before any prompt."""
     fn = frame.get("fn")
     if fn not in _ARG:
         raise SubCallArgumentError(f"unknown sub-call function {clean_text(fn, 50)!r}")
@@ -51,6 +64,13 @@ def validate_call(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if name == "prompts":
         if not isinstance(value, list):
             raise SubCallArgumentError(f"{fn}: prompts must be a list of str, got {_type(value)}")
+        if max_batch is not None and len(value) > max_batch:
+            raise SubCallArgumentError(f"{fn}: {len(value):,} prompts; at most {max_batch:,} per call")
+        if calls_left is not None and len(value) > calls_left:
+            raise SubCallArgumentError(
+                f"{fn}: sub-call budget: {len(value):,} prompts asked for, {max(calls_left, 0):,} "
+                "sub-calls left"
+            )
         for i, p in enumerate(value):
             if not isinstance(p, str):
                 raise SubCallArgumentError(f"{fn}: prompts[{i}] must be a str, got {_type(p)}")
@@ -60,15 +80,29 @@ def validate_call(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return fn, {name: value, "sampling": dict(sampling)}
 
 
+def _calls_left(handler: Any) -> int | None:
+    probe = getattr(handler, "sub_calls_left", None)
+    if not callable(probe):
+        return None
+    try:
+        left = probe()
+    except Exception:  # noqa: BLE001 - an optional hint; the handler still checks its budget
+        return None
+    return left if isinstance(left, int) else None
+
+
 async def serve_call(
-    worker: Any, frame: dict[str, Any], handler: Callable[[str, dict[str, Any]], Awaitable[Any]] | None
+    worker: Any,
+    frame: dict[str, Any],
+    handler: Callable[[str, dict[str, Any]], Awaitable[Any]] | None,
+    max_batch: int | None = None,
 ) -> None:
     """Answer one `call` frame on `worker` with the handler's value or an error message."""
-    call_id = frame.get("id")
-    if type(call_id) is not int:
-        raise ProtocolViolation("a call frame without an integer id")
+    call_id = parse_frame(frame, CallFrame).id  # a malformed call frame is a protocol violation
     try:
-        fn, args = validate_call(frame)
+        fn, args = validate_call(
+            frame, max_batch, _calls_left(handler) if frame.get("fn") == "llm_batch" else None
+        )
         if fn == "llm_batch" and not args["prompts"]:
             value: Any = []
         elif handler is None:

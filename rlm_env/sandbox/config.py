@@ -59,6 +59,24 @@ class SandboxConfig(BaseModel):
     tmp_size_mb: int = Field(default=128, gt=0)
     """Size of the private tmpfs mounted on /tmp in bwrap mode (it lives in host memory)."""
 
+    io_timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds one host write to the worker may wait for the worker to read (a worker that
+    floods `call` frames and never reads the replies is a protocol violation after this)."""
+
+    max_batch_prompts: int = Field(default=65_536, gt=0)
+    """Most prompts one `llm_batch` frame may carry; more is refused before the handler sees
+    it (and before the handler's own budget check, see calls.serve_call)."""
+
+    memory_cgroup: Literal["auto", "required", "off"] = "auto"
+    """A memory cgroup per sandbox (bwrap mode, root host): bounds all the memory the sandbox
+    causes, including what RLIMIT_AS cannot see (its /tmp, kernel objects such as inodes, pipes,
+    socket buffers). "auto": use it where the host may create cgroups, else run without and say
+    so in `Sandbox.mode_warning`; "required": refuse to start without it; "off": never."""
+
+    cgroup_headroom_mb: int = Field(default=96, ge=16)
+    """The cgroup's limit is `memory_limit_mb + tmp_size_mb + cgroup_headroom_mb` (the headroom
+    is for kernel objects, page tables and buffers)."""
+
     prefix_chars: int = Field(default=500, ge=0)
     """Characters of the context shown as its prefix in the metadata (`PreparedContext.prefix`)."""
 

@@ -10,8 +10,12 @@ bwrap mode builds a new mount namespace whose root is an empty tmpfs holding onl
 - the shared libraries it loads (/usr/lib, /usr/lib64, the /lib and /lib64 links, ld.so.cache);
 - a fresh /proc for its own pid namespace, a minimal /dev, a size-capped private tmpfs on /tmp.
 
-It also gets new ipc, uts, net, pid and cgroup namespaces, `--die-with-parent`, `--new-session`,
-and `--as-pid-1`: the worker is its namespace's init, so when it ends everything inside ends.
+It also gets new ipc, uts, net, pid and cgroup namespaces, `--die-with-parent` and
+`--new-session`. bwrap's own small init (uid 0, no capabilities) is the pid namespace's init and
+the worker its only child: when the worker ends, the init ends and the kernel kills everything
+left inside; when the host dies, bwrap and then that init get their death signal (see below), so
+nothing outlives the host, not even a worker holding its GIL in C code. /dev/pts is covered by an
+empty read-only tmpfs (no pseudo-terminals: they are a machine-wide table).
 When the host runs as root, bwrap keeps only CAP_SETUID and CAP_SETGID, which the worker uses
 once, before any user code, to become a uid of its own (so RLIMIT_NPROC is enforced, and it owns
 no host file); we do not use a user namespace there, since as root it would map the sandbox uid
@@ -36,6 +40,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlm_env.sandbox.cgroup import unavailable_reason
 from rlm_env.sandbox.config import SandboxConfig
 from rlm_env.sandbox.seccomp import filter_program
 
@@ -117,9 +122,13 @@ def _bwrap_prefix(config: SandboxConfig, drop_uid: bool) -> tuple[list[str], lis
     if config.allow_site_packages:
         binds += [(p, f"{INSIDE_SITE}{i or ''}") for i, p in enumerate(_site_dirs())]
     args = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
-    # --as-pid-1: the worker itself is the namespace's init. bwrap's own init would report the
-    # exit and let bwrap quit before reaping it, orphaning a zombie to the host's pid 1.
-    args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--as-pid-1"]
+    # Not --as-pid-1: bwrap's own init (uid 0, like its parent) must be the namespace's init.
+    # --die-with-parent arms PR_SET_PDEATHSIG in that init; when the host dies, bwrap dies, the
+    # init gets SIGKILL (same uid, so the kernel delivers it; it is forced, coming from the parent
+    # namespace) and the kernel then kills everything inside, the worker too, without needing
+    # the worker's GIL. (The worker's own death signal cannot work: bwrap has no CAP_KILL and
+    # the worker runs as another uid, so the kernel drops it. Issue 13.)
+    args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
     if os.geteuid() == 0:
         args += ["--cap-drop", "ALL"]
         if drop_uid:
@@ -142,6 +151,10 @@ def _bwrap_prefix(config: SandboxConfig, drop_uid: bool) -> tuple[list[str], lis
         args += ["--perms", "0755", "--dir", d]
     args += mounts
     args += ["--proc", "/proc", "--dev", "/dev"]
+    # No pseudo-terminals: every pty opened in any namespace counts against the machine-wide
+    # kernel.pty.max. An empty read-only tmpfs over /dev/pts hides the devpts instance (and so
+    # /dev/ptmx, a link to pts/ptmx); the worker cannot unmount it (no capability, no umount).
+    args += ["--perms", "0555", "--size", "4096", "--tmpfs", "/dev/pts"]
     args += ["--perms", "1777", "--size", str(config.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp"]
     args += ["--remount-ro", "/", "--chdir", "/tmp"]
     return args, binds
@@ -175,10 +188,27 @@ def resolve_mode(config: SandboxConfig) -> tuple[str, str | None]:
         return "rlimit", RLIMIT_WARNING.format(why=" (asked for by the config)")
     ok, why = probe_bwrap()
     if ok:
-        return "bwrap", None
+        return "bwrap", _cgroup_warning(config)
     if config.mode == "bwrap":
         raise SandboxUnavailable(f"SandboxConfig.mode='bwrap' but bubblewrap cannot be used: {why}")
     return "rlimit", RLIMIT_WARNING.format(why=f" ({why})")
+
+
+def _cgroup_warning(config: SandboxConfig) -> str | None:
+    """None when each sandbox gets a memory cgroup; else the sentence saying what is unbounded."""
+    if config.memory_cgroup == "off":
+        why = "turned off by the config"
+    else:
+        why = unavailable_reason()
+        if not why:
+            return None
+        if config.memory_cgroup == "required":
+            raise SandboxUnavailable(f"SandboxConfig.memory_cgroup='required' but: {why}")
+    return (
+        f"The REPL sandbox runs without a memory cgroup ({why}): its memory is bounded by "
+        "RLIMIT_AS and the /tmp size only, so kernel memory it causes (inodes of many small files "
+        "in /tmp, pipe and socket buffers, page tables) is not bounded per sandbox."
+    )
 
 
 _counter = itertools.count()
@@ -275,6 +305,7 @@ def build_launch(config: SandboxConfig, mode: str, sock_fd: int) -> LaunchSpec:
         "cell_timeout": config.cell_timeout_s,
         "max_output_chars": config.max_output_chars,
         "answer_max_bytes": config.answer_max_bytes,
+        "max_batch": config.max_batch_prompts,
         "site": site,
     }
     io_src, worker_src = _sources()

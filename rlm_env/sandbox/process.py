@@ -4,12 +4,17 @@ The worker's fd 0 is /dev/null; its fd 1 and 2 go to one pipe that a host task d
 pause into a small ring, so a flood can never block the worker on a full pipe nor grow host
 memory, and the tail is there to show if the worker dies (e.g. a segfault's traceback).
 
-Killing is total. In bwrap mode the worker is the init of its pid namespace: SIGKILL to it (by
-pidfd, so never to a recycled pid) makes the kernel kill everything left in the namespace, and
-bwrap reaps it and exits. Then the process group of bwrap (or of the rlimit worker) gets
-SIGKILL, and, as a last net, every process still running under the sandbox's own uid (a uid
-that belongs to nothing else on the host). Were the host itself to die, --die-with-parent (armed
-again by the worker after its uid change) and the socket's EOF end the worker too.
+Killing is total. In bwrap mode bwrap's init is the init of the pid namespace and the worker
+its child: SIGKILL to that init (by pidfd, so never to a recycled pid) makes the kernel kill
+everything left in the namespace, and bwrap reaps it and exits. Then the process group of bwrap
+(or of the rlimit worker) gets SIGKILL, and, as a last net, every process still running under
+the sandbox's own uid (a uid that belongs to nothing else on the host); then its memory cgroup
+is removed. Were the host itself to die, --die-with-parent kills bwrap, bwrap's death kills its
+init (same uid, so the kernel delivers it), and the kernel kills the namespace: no GIL needed.
+
+Every wait on the worker has a deadline: its hello and context load (`startup_timeout_s`),
+each write (`io_timeout_s`: a worker that stops reading is a protocol violation, never a hang),
+each reply (the caller's deadline), its exit after a kill (bounded waits).
 """
 
 from __future__ import annotations
@@ -17,23 +22,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
+import logging
 import os
 import shutil
 import signal
 import socket
+import sys
+import termios
 from pathlib import Path
 from typing import Any
 
+from rlm_env.sandbox.cgroup import MemoryCgroup
 from rlm_env.sandbox.config import SandboxConfig
 from rlm_env.sandbox.context import PreparedContext
 from rlm_env.sandbox.launch import LaunchSpec, build_launch, release_uid
 from rlm_env.sandbox.protocol import (
+    MAX_FRAME_ITEMS,
     ProtocolViolation,
     WorkerDied,
     encode_frame,
     read_frame,
     send_with_fd,
 )
+
+log = logging.getLogger(__name__)
 
 RING_BYTES = 64 * 1024
 
@@ -45,8 +58,18 @@ class SandboxStartError(RuntimeError):
 class WorkerProcess:
     """A started worker that has said hello; `load_context` makes it ready for cells."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, spec: LaunchSpec, mode: str):
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, spec: LaunchSpec, mode: str,
+                 config: SandboxConfig | None = None):  # fmt: skip
         self.proc, self.sock, self.spec, self.mode = proc, sock, spec, mode
+        config = config or SandboxConfig()
+        self.io_timeout_s = config.io_timeout_s
+        self.max_items = max(MAX_FRAME_ITEMS, config.answer_max_bytes // 2 + 10_000)
+        # A reply's largest honest form: the answer (or a looked-up value) and the output, each
+        # character at most 12 bytes once escaped (a surrogate pair), plus the error and keys.
+        reply = 12 * (config.answer_max_bytes + config.max_output_chars) + (1 << 20)
+        self.op_max_bytes = {"result": reply, "lookup": reply, "vars": 16 << 20, "hello": 1 << 20,
+                             "ready": 1 << 20, "init_failed": 1 << 20}  # fmt: skip
+        self.cgroup: MemoryCgroup | None = None
         self.reader: asyncio.StreamReader
         self.writer: asyncio.StreamWriter
         self.hello: dict[str, Any] = {}
@@ -54,7 +77,7 @@ class WorkerProcess:
         self._ring_len = 0
         self._drain_task: asyncio.Task | None = None
         self.context_shared = False
-        self._ns_init: int | None = None  # pidfd of the pid namespace's init: the worker itself
+        self._ns_init: int | None = None  # pidfd of the pid namespace's init (bwrap's)
         self.killed = False
 
     @property
@@ -92,7 +115,7 @@ class WorkerProcess:
         finally:
             child.close()
         parent.setblocking(False)
-        self = cls(proc, parent, spec, mode)
+        self = cls(proc, parent, spec, mode, config)
         try:
             self.reader, self.writer = await asyncio.open_unix_connection(sock=parent)
             self._drain_task = asyncio.create_task(self._drain())
@@ -111,10 +134,25 @@ class WorkerProcess:
             self.hello = hello
             if mode == "bwrap":
                 self._ns_init = _pidfd_of_only_child(proc.pid)
+                self._enter_cgroup(config)
         except BaseException:
             await self.kill()
             raise
         return self
+
+    def _enter_cgroup(self, config: SandboxConfig) -> None:
+        """Move bwrap's init and the worker (no user code has run yet) into a memory cgroup."""
+        if config.memory_cgroup == "off":
+            return
+        limit = (config.memory_limit_mb + config.tmp_size_mb + config.cgroup_headroom_mb) << 20
+        try:
+            self.cgroup = MemoryCgroup.create(limit)
+            for pid in self.pids()[1:]:  # not the outer bwrap: it only waits
+                self.cgroup.add(pid)
+        except OSError as e:
+            if config.memory_cgroup == "required":
+                raise SandboxStartError(f"could not put the sandbox in a memory cgroup ({e})") from None
+            log.warning("sandbox runs without its memory cgroup: %s", e)
 
     async def _drain(self) -> None:
         assert self.proc.stdout is not None
@@ -131,20 +169,39 @@ class WorkerProcess:
         return text[-chars:].strip()
 
     async def send(self, msg: dict[str, Any]) -> None:
+        """Write one frame; a worker that does not read it within `io_timeout_s` broke the protocol."""
         try:
             self.writer.write(encode_frame(msg))
-            await self.writer.drain()
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+                return  # all of it is in the socket already: nothing to wait for (the common case)
+            await asyncio.wait_for(self.writer.drain(), self.io_timeout_s)
+        except TimeoutError:
+            raise ProtocolViolation(
+                f"the worker stopped reading the host's frames (nothing read for {self.io_timeout_s:g} s; "
+                "e.g. sub-call requests sent without waiting for their replies)"
+            ) from None
         except (ConnectionError, RuntimeError) as e:
             raise WorkerDied(f"could not write to the worker ({e})") from None
 
+    def unread_bytes(self) -> int:
+        """Bytes the host wrote that the worker has not read yet (SIOCOUTQ; 0 if unknown)."""
+        try:
+            buf = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int.from_bytes(buf, sys.byteorder, signed=True)
+
     async def recv(self) -> dict[str, Any]:
-        return await read_frame(self.reader)
+        return await read_frame(self.reader, max_items=self.max_items, op_max_bytes=self.op_max_bytes)
 
     async def load_context(self, context: PreparedContext, timeout: float) -> float:
         """Pass the context file's descriptor; returns the worker's load time in seconds."""
         fd = os.open(context.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            frame = encode_frame({"op": "init", "kind": context.kind, "ascii": context.ascii})
+            frame = encode_frame(
+                {"op": "init", "kind": context.kind, "ascii": context.ascii, "width": context.char_width}
+            )
             send_with_fd(self.sock, frame, fd)
         except OSError as e:
             raise SandboxStartError(f"could not hand the context to the worker ({e})") from None
@@ -194,7 +251,7 @@ class WorkerProcess:
             return
         self.killed = True
         if self._ns_init is not None:
-            # The namespace's init (the worker) first: the kernel then kills everything inside,
+            # The namespace's init first: the kernel then kills everything inside (the worker),
             # and bwrap reaps it and exits. (Killing bwrap first would orphan the worker to the
             # host's pid 1, which is not always quick to reap zombies.)
             with contextlib.suppress(OSError):
@@ -215,6 +272,12 @@ class WorkerProcess:
         if self.spec.uid is not None:
             kill_uid(self.spec.uid)
             release_uid(self.spec.uid)
+        if self.cgroup is not None:
+            for pid in self.cgroup.pids():  # (a last net: the namespace is dead by now)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            if not await self.cgroup.remove():
+                log.warning("could not remove the sandbox cgroup %s", self.cgroup.path)
         if self._drain_task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._drain_task, 0.5)
@@ -223,7 +286,7 @@ class WorkerProcess:
 
 
 def _pidfd_of_only_child(pid: int) -> int | None:
-    """A pidfd for `pid`'s single child (the worker, init of its namespace), or None if unclear."""
+    """A pidfd for `pid`'s single child (bwrap's init of the namespace), or None if unclear."""
     try:
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         if len(kids) != 1 or not hasattr(os, "pidfd_open"):

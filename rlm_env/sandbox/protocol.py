@@ -3,8 +3,9 @@
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON encoding one
 object with a string "op". That is the whole grammar, and the host parses it with `json.loads`
 only: nothing from the worker is ever unpickled, unmarshalled, evaluated or imported, so a frame
-can at worst be rejected. Anything else (a length over the cap, bytes that are not UTF-8 JSON, a
-non-object, a missing op, a reply to a question not asked) is a `ProtocolViolation`: the host
+can at worst be rejected. Anything else (a length over the cap, more JSON items than `MAX_FRAME_ITEMS`, bytes that are
+not UTF-8 JSON, a non-object, a missing op, a reply to a question not asked, a field of the wrong
+type or out of bounds: see frames.py) is a `SandboxProtocolError`: the host
 kills that worker and restarts it, and the observation says so. It is the model's code that
 wrote the frame, so it is the model's fault, not an infrastructure failure.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import array
 import asyncio
 import json
+import re
 import socket
 import struct
 from typing import Any
@@ -24,11 +26,21 @@ from typing import Any
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Largest frame accepted from a worker; a longer announced length is a protocol violation."""
+MAX_FRAME_ITEMS = 600_000
+"""Most JSON items (raw `,`, `[` and `{` bytes) one frame may hold: a 1 MB answer of small
+items fits; what json.loads builds from a frame stays within ~50 MB (see frames.py)."""
 _PARSE_IN_THREAD_BYTES = 1 << 20
+_CHUNK = 1 << 20
 
 
-class ProtocolViolation(Exception):
-    """The worker sent something that is not a well-formed frame of the protocol."""
+class SandboxProtocolError(Exception):
+    """The worker sent something that is not a well-formed frame of the protocol.
+
+    It is the model's code that wrote it, so it is the model's violation, never infrastructure:
+    the host kills and restarts the worker and says so in the cell's observation."""
+
+
+ProtocolViolation = SandboxProtocolError  # the name used inside the sandbox package
 
 
 class WorkerDied(Exception):
@@ -55,14 +67,51 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
     return msg
 
 
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
-    """Read and parse one frame; big ones are parsed off the event loop."""
+def count_items(chunk: bytes) -> int:
+    """An upper bound on the JSON values `chunk` can add: its raw `,`, `[` and `{` bytes."""
+    return chunk.count(b",") + chunk.count(b"[") + chunk.count(b"{")
+
+
+_OP_PREFIX = re.compile(rb'\{\s*"op"\s*:\s*"([a-z_]{1,32})"')
+
+
+async def read_frame(
+    reader: asyncio.StreamReader,
+    max_bytes: int = MAX_FRAME_BYTES,
+    max_items: int = MAX_FRAME_ITEMS,
+    op_max_bytes: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Read and parse one frame, refusing it by size and item count before any parsing; big
+    ones are parsed off the event loop.
+
+    With `op_max_bytes`, a frame must begin with its op (`{"op": "result", ...`: the worker
+    always writes it first) and is held to that op's own size limit before the rest is read:
+    a reply frame cannot be 50 MB when its largest honest form is a few."""
     try:
         header = await reader.readexactly(HEADER.size)
         (n,) = HEADER.unpack(header)
         if n > max_bytes:
             raise ProtocolViolation(f"the worker announced a {n:,}-byte frame (limit {max_bytes:,})")
-        payload = await reader.readexactly(n)
+        chunks, items, left = [], 0, n
+        while left:
+            chunk = await reader.readexactly(min(left, _CHUNK))
+            if op_max_bytes is not None and not chunks:
+                m = _OP_PREFIX.match(chunk)
+                if m is None:
+                    raise ProtocolViolation("a frame from the worker does not begin with its op")
+                op = m.group(1).decode()
+                limit = op_max_bytes.get(op, max_bytes)
+                if n > limit:
+                    raise ProtocolViolation(f"the worker sent a {n:,}-byte {op!r} frame (limit {limit:,})")
+            left -= len(chunk)
+            items += count_items(chunk)
+            if items > max_items:
+                raise ProtocolViolation(
+                    f"a frame from the worker holds over {max_items:,} JSON items (refused unparsed)"
+                )
+            chunks.append(chunk)
+        payload = b"".join(chunks)
+        del chunks
     except asyncio.IncompleteReadError:
         raise WorkerDied("the worker closed its end of the socket") from None
     except ConnectionError as e:

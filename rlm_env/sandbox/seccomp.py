@@ -16,6 +16,11 @@ make harmless.
 - Debugging and cross-process access: ptrace, process_vm_readv/writev, pidfd_getfd, kcmp.
 - Namespace and mount changes: unshare, setns, mount, umount2, pivot_root, chroot, the new
   mount API (open_tree, move_mount, fsopen, fsconfig, fsmount, fspick, mount_setattr).
+- Memory that no rlimit counts: memfd_create and memfd_secret (anonymous files grown with
+  fallocate), SysV shared memory, semaphores and message queues (shmget & co., msgget & co.),
+  POSIX message queues (mq_*). The per-sandbox memory cgroup (cgroup.py) bounds the rest.
+- Machine-wide tables a sandbox could fill for everyone: the AIO context table (io_setup & co.,
+  `fs.aio-max-nr`) and io_uring. (Pseudo-terminals are hidden by the mount layout instead.)
 - Historically risky kernel interfaces: bpf, perf_event_open, userfaultfd, io_uring_*, keyctl,
   add_key, request_key, open_by_handle_at, name_to_handle_at, kexec_*, *_module, reboot, swapon,
   swapoff, acct, quotactl, syslog, iopl, ioperm, mknod(at), personality, settimeofday & co.
@@ -61,6 +66,14 @@ X86_64_DENIED: dict[str, int] = {
     "personality": 135, "settimeofday": 164, "clock_settime": 227, "adjtimex": 159,
     "clock_adjtime": 305, "lookup_dcookie": 212, "fanotify_init": 300, "vhangup": 153,
     "uselib": 134, "sethostname": 170, "setdomainname": 171,
+    # Memory no rlimit sees (issue 13): anonymous files, SysV and POSIX IPC objects.
+    "memfd_create": 319, "memfd_secret": 447, "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67,
+    "semget": 64, "semop": 65, "semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69,
+    "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242,
+    "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
+    # System-wide tables one sandbox could fill for the whole machine: the AIO context table.
+    "io_setup": 206, "io_destroy": 207, "io_getevents": 208, "io_submit": 209, "io_cancel": 210,
+    "io_pgetevents": 333,
 }  # fmt: skip
 _CLONE, _CLONE3, _SOCKET = 56, 435, 41
 

@@ -7,8 +7,9 @@ import nothing but the standard library, never the `rlm_env` package (not visibl
 1. apply rlimits, then (when started as root) drop to the sandbox's own unprivileged uid, so no
    user code ever runs with privileges; say hello;
 2. wait for the context: an `init` frame carrying an O_RDONLY file descriptor (SCM_RIGHTS); read
-   it (text via mmap + decode, JSON via json.loads; a large pure-ASCII text is instead mapped as a
-   str over the shared page cache, see `map_ascii_str`), close the descriptor, bind `context`;
+   it (JSON via json.loads; text is in CPython's str layout at the frame's `width` bytes a
+   character: a large one is mapped as a str over the shared page cache, see `map_str`, else
+   decoded with the matching codec), close the descriptor, bind `context`;
 3. serve host requests one at a time: run a cell, look up a variable, list variables.
 
 Frames are 4-byte big-endian lengths followed by JSON. Sub-call stubs (`llm_query` & co.) send
@@ -28,6 +29,7 @@ import time
 import traceback
 
 from rlm_worker_io import (
+    STR_CODECS,
     Capture,
     CellTimeout,
     Channel,
@@ -36,7 +38,7 @@ from rlm_worker_io import (
     die_with_parent,
     exit_when_host_goes,
     install_seccomp,
-    map_ascii_str,
+    map_str,
 )
 
 RESERVED = frozenset(
@@ -92,6 +94,8 @@ def llm_batch(prompts, **sampling):
     """Ask a sub-model many prompts concurrently; returns the replies in the same order."""
     if isinstance(prompts, tuple):
         prompts = list(prompts)
+    if isinstance(prompts, list) and len(prompts) > CFG.get("max_batch", 1 << 62):  # the host refuses more
+        raise SubCallError(f"llm_batch: {len(prompts):,} prompts; at most {CFG['max_batch']:,} per call")
     return _call("llm_batch", {"prompts": prompts, "sampling": sampling})
 
 
@@ -262,7 +266,8 @@ def handle(msg):
         if op == "lookup":
             return lookup(msg.get("name"))
         if op == "vars":
-            return {"op": "vars", "vars": {clean(str(k)): clean(str(v)) for k, v in SHOW_VARS().items()}}
+            shown = list(SHOW_VARS().items())[:10_000]  # the host shows no more (frame item limit)
+            return {"op": "vars", "vars": {clean(str(k)): clean(str(v)) for k, v in shown}}
     except BaseException as e:  # noqa: B036 - the host always gets an answer of the kind it asked for
         TIMER.stop()
         err = f"{type(e).__name__}: the worker failed while serving this request"
@@ -327,6 +332,10 @@ def setup():
     }
 
 
+MAP_MIN_BYTES = 1 << 16
+"""Smaller texts are decoded: a private copy costs little, a mapping at least two pages."""
+
+
 def load_context(msg, fds):
     try:
         if not fds:
@@ -334,20 +343,31 @@ def load_context(msg, fds):
         fd = fds[0]
         size = os.fstat(fd).st_size
         if msg.get("kind") == "text":
-            if size == 0:
-                return ""
-            if msg.get("ascii") and size >= 1 << 16:
-                shared = map_ascii_str(fd, size)  # shares the page cache with other episodes
-                if shared is not None:
-                    CELL["context_shared"] = True
-                    return shared
-            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm:
-                return str(mm, "utf-8", "replace")
+            return load_text(fd, size, msg.get("width", 1), msg.get("ascii") is True)
         with os.fdopen(os.dup(fd), "rb") as f:
             return json.loads(f.read())
     finally:
         for fd in fds:  # nothing of the file stays reachable from user code
             os.close(fd)
+
+
+def load_text(fd, size, width, ascii):
+    """The str whose CPython payload (`width` bytes a character) is the file: mapped, or decoded."""
+    codec = STR_CODECS.get(width)
+    if codec is None or size % width:
+        raise RuntimeError(f"the context file is not a str layout ({size} bytes, width {width!r})")
+    if size == 0:
+        return ""
+    if size >= MAP_MIN_BYTES:
+        shared = map_str(fd, size, width, ascii)  # shares the page cache with other episodes
+        if shared is not None:
+            CELL["context_shared"] = True
+            return shared
+        print(
+            f"[rlm worker] str layout probe failed: decoding a private copy ({size:,} bytes)", file=sys.stderr
+        )
+    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm:
+        return str(mm, codec, "surrogatepass")
 
 
 def main():

@@ -20,6 +20,35 @@ HDR = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 
 
+ITEMS_FAST = 10_000
+
+
+def _items(data):
+    """What the host counts to bound a frame's JSON items (protocol.count_items)."""
+    return data.count(b",") + data.count(b"[") + data.count(b"{")
+
+
+def _escape_str(s):
+    """A JSON string literal whose `,`, `[` and `{` are \\u escapes: the host counts only
+    structural ones then. (No other escape JSON writes contains those characters.)"""
+    lit = json.encoder.encode_basestring_ascii(s)
+    return lit.replace(",", "\\u002c").replace("[", "\\u005b").replace("{", "\\u007b")
+
+
+def _encode_escaped(msg):
+    """json.dumps(msg, ensure_ascii=True, allow_nan=False), with strings escaped as above."""
+
+    def floatstr(o, _repr=float.__repr__):
+        if o != o or o in (float("inf"), float("-inf")):
+            raise ValueError("Out of range float values are not JSON compliant")
+        return _repr(o)
+
+    iterencode = json.encoder._make_iterencode(
+        {}, None, _escape_str, None, floatstr, ": ", ", ", False, False, True
+    )
+    return "".join(iterencode(msg, 0))
+
+
 class CellTimeout(BaseException):
     """Raised inside a cell that ran past its time limit (BaseException: `except Exception` misses it)."""
 
@@ -42,6 +71,8 @@ class Channel:
     @staticmethod
     def encode(msg):
         data = json.dumps(msg, ensure_ascii=True, allow_nan=False).encode("ascii")
+        if _items(data) > ITEMS_FAST:  # many commas or brackets: maybe inside strings
+            data = _encode_escaped(msg).encode("ascii")
         return HDR.pack(len(data)) + data
 
     def send(self, msg):
@@ -179,8 +210,9 @@ class BytesSink(io.RawIOBase):
 def exit_when_host_goes(fd):
     """A watchdog thread: when the host's end of the socket closes, exit, even mid-cell.
 
-    This is what ends a sandbox whose host crashed: bwrap's die-with-parent signal cannot reach
-    a worker that has changed its uid, and a busy cell would never read the socket's EOF.
+    A second line after the kernel's (bwrap's death kills the namespace's init, and with it this
+    worker; see launch.py), and the only one in rlimit mode. It needs the GIL, so a cell spinning
+    in C code never lets it run: that case is the kernel's alone.
     """
     import _thread
     import select
@@ -207,10 +239,10 @@ def _prctl(*args):
 
 
 def die_with_parent():
-    """PR_SET_PDEATHSIG(SIGKILL) again: changing uid cleared what bwrap set (--die-with-parent).
-
-    (bwrap runs without capabilities, so its death signal cannot cross to another uid anyway;
-    it still covers the uid-less rlimit mode. `exit_when_host_goes` covers the rest.)"""
+    """PR_SET_PDEATHSIG(SIGKILL) for this process: it covers the uid-less modes (rlimit mode:
+    the host is the parent). In bwrap mode as root the parent is bwrap's init, which runs as
+    uid 0 without CAP_KILL, so the kernel drops this signal; there the namespace's init gets
+    bwrap's own death signal instead and takes this worker with it."""
     if _prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG = 1
         os._exit(72)
 
@@ -229,29 +261,46 @@ def install_seccomp(prog):
         os._exit(71)  # asked for a filter and could not get one: never run user code without it
 
 
-def map_ascii_str(fd, size):
+# ---- the context str, mapped over the shared file (the host writes it in CPython's layout) --------
+
+STR_CODECS = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}
+"""Bytes a character -> the codec whose output is CPython's str payload (as the host's STR_CODECS)."""
+_PROBES = {"ascii": ("rlm", "-probe"), 1: ("rlm", "-pr\xf6be"), 2: ("rlm", "-pr\u03a9be"), 4: ("rlm", "-pr\U0001f600be")}  # fmt: skip
+
+
+def map_str(fd, size, width, ascii):
     """A real `str` whose characters are the context file's own page-cache pages, or None.
 
     Decoding would give every worker a private copy (16 episodes on a 40 MB context: 640 MB).
-    For pure-ASCII text, CPython's compact str is a header followed by the bytes themselves, so
-    the file is mapped (MAP_PRIVATE: writes could only ever touch private copies) right after an
-    anonymous page that holds the header, copied from a fresh str and patched (immortal-sized
-    refcount, length, hash unset); a zero page after it is the terminating NUL. Every worker on
-    the context then shares the same physical pages. The layout is checked on a probe string
-    first and the result against the file; anything unexpected returns None (plain decode).
+    The host wrote the text as CPython stores a compact str of its kind (`width` bytes a
+    character, its widest character's; `ascii` for the ASCII flavour of 1 byte), so the str is
+    a header followed by the file's bytes: the file is mapped (MAP_PRIVATE: writes could only
+    ever touch private copies) right after an anonymous page that holds the header, copied from
+    a fresh str of the same kind and patched (immortal-sized refcount, length, hash unset); zero
+    bytes after it are the terminating NUL. Every worker on the context then shares the same
+    physical pages. The layout is checked on a probe string first (length, hash, and its
+    characters where the header says they start, in the codec's bytes), and the result against
+    the file; anything unexpected returns None (the caller decodes a private copy instead).
     """
     import ctypes
 
-    probe = "".join(["rlm", "-probe"])  # fresh, compact, ASCII, not interned
-    header, page, word = sys.getsizeof(probe) - len(probe) - 1, mmap.PAGESIZE, ctypes.c_ssize_t
-    if sys.implementation.name != "cpython" or size <= 0 or not 24 < header < page:
+    codec = STR_CODECS.get(width)
+    if codec is None or sys.implementation.name != "cpython" or size <= 0 or size % width:
+        return None
+    probe = "".join(_PROBES["ascii" if ascii else width])  # fresh, compact, of that kind, not interned
+    header, page, word = sys.getsizeof(probe) - (len(probe) + 1) * width, mmap.PAGESIZE, ctypes.c_ssize_t
+    if not 24 < header < page:
         return None
     probe_hash = hash(probe)  # computed (and cached in the header) before it is looked for
     if (
         word.from_address(id(probe) + 16).value != len(probe)
         or word.from_address(id(probe) + 24).value != probe_hash
+        or ctypes.string_at(id(probe) + header, (len(probe) + 1) * width) != (probe + "\0").encode(codec)
     ):
-        return None  # length and hash are not where CPython 3.x keeps them: do not guess
+        return None  # length, hash or characters are not where CPython 3.x keeps them: do not guess
+    fields = _extra_header_fields(probe, header)
+    if fields is None:
+        return None
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [
@@ -262,25 +311,51 @@ def map_ascii_str(fd, size):
         ctypes.c_int,
         ctypes.c_long,
     ]
-    span = page + -(-(size + 1) // page) * page
+    span = page + -(-(size + width) // page) * page  # header page, the file, room for the NUL
     base = libc.mmap(None, span, 3, 0x22, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
     if base in (None, ctypes.c_void_p(-1).value):
         return None
     if libc.mmap(base + page, size, 3, 0x12, fd, 0) != base + page:  # MAP_PRIVATE|MAP_FIXED
+        libc.munmap(ctypes.c_void_p(base), ctypes.c_size_t(span))  # nothing points into it yet
         return None
-    addr = base + page - header
+    addr, chars = base + page - header, size // width
     ctypes.memmove(addr, id(probe), header)
     word.from_address(addr).value = 1 << 40  # never reaches 0, so never handed to free()
-    word.from_address(addr + 16).value = size
+    word.from_address(addr + 16).value = chars
     word.from_address(addr + 24).value = -1
+    for offset in fields:  # 3.11's wstr: a kind-4 str's wchar_t view is its own characters
+        word.from_address(addr + offset).value = base + page if fields[offset] == "data" else chars
     text = ctypes.cast(ctypes.c_void_p(addr), ctypes.py_object).value
-    edge = min(size, 4096)
-    head, tail = os.pread(fd, edge, 0), os.pread(fd, edge, size - edge)
+    edge = min(chars, 4096)
+    head, tail = os.pread(fd, edge * width, 0), os.pread(fd, edge * width, size - edge * width)
     if (
         type(text) is not str
-        or len(text) != size
-        or text[:edge].encode() != head
-        or text[-edge:].encode() != tail
+        or len(text) != chars
+        or text[:edge].encode(codec, "surrogatepass") != head
+        or text[-edge:].encode(codec, "surrogatepass") != tail
     ):
         return None  # (the mapping is leaked on purpose: something may still point into it)
     return text
+
+
+def _extra_header_fields(probe, header):
+    """{offset: "data" | "length"} for the header words after the state that are not zero, or None.
+
+    CPython 3.11 caches a wchar_t view (wstr, wstr_length): on Linux a kind-4 str's points at
+    its own characters, so the copied header must point at the mapped ones instead. Any other
+    non-zero word (a cached UTF-8 copy, a layout this code does not know) refuses the mapping.
+    """
+    import ctypes
+
+    data, fields = id(probe) + header, {}
+    for offset in range(40, header - header % 8, 8):
+        value = ctypes.c_size_t.from_address(id(probe) + offset).value
+        if value == data:
+            fields[offset] = "data"
+        elif value == len(probe):
+            fields[offset] = "length"
+        elif value != 0:
+            return None
+    if sorted(fields.values()) not in ([], ["data", "length"]):
+        return None  # a length without its pointer (or the reverse) is not the wchar_t view
+    return fields

@@ -4,37 +4,26 @@ A task is data (a context and a question), the expected answer when one is known
 name of the scorer that compares an answer with it (see `rewards.scorers`). Generators in this
 package return tasks; user datasets load into the same shape. The context is one of:
 
-- `str`: a long text, delivered to the REPL as a UTF-8 file and bound to `context` as a str;
+- `str`: a long text, delivered to the REPL as one shared file and bound to `context` as a str;
 - `list` of str (chunks) or any JSON-able list/dict: delivered as JSON, bound as list/dict;
 - `ContextDir(path)`: a directory of text files, delivered as a dict {relative path: text}.
 
 Large generated contexts can also be given as `ContextFile(path, kind)`, a file already on
 disk, so a 10M-token context never has to live in the host's memory as a Python object.
+`ContextDir`, `ContextFile` and `ContextValue` are defined by the sandbox
+(`rlm_env.sandbox.context`: what a REPL can be given) and re-exported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+# The context types are the sandbox's: it defines what it can hold. Re-exported here because
+# task generators and datasets build contexts from them.
+from rlm_env.sandbox.context import ContextDir, ContextFile, ContextValue
 
-@dataclass(frozen=True)
-class ContextDir:
-    """A directory of text files used as the context (delivered as {relpath: text})."""
-
-    path: Path
-
-
-@dataclass(frozen=True)
-class ContextFile:
-    """A context already written to disk: `kind="text"` (UTF-8) or `kind="json"`."""
-
-    path: Path
-    kind: Literal["text", "json"] = "text"
-
-
-ContextValue = str | list | dict | ContextDir | ContextFile
+__all__ = ["ContextDir", "ContextFile", "ContextValue", "Task", "context_type_name"]
 
 
 @dataclass

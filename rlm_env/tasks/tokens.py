@@ -2,12 +2,11 @@
 
 Task lengths ("an 8k-token haystack") are measured with the tokenizer of the default root
 model (SmolLM2-135M-Instruct), because that is what the root model's budget is counted in.
-The tokenizer comes from the default model's checkpoint directory
-(`rlm_env.models.default_model.default_model_dir()`, normally
-`~/.cache/rlm-env/models/SmolLM2-135M-Instruct`), or from `$RLM_ENV_TOKENIZER` (a directory
-with `tokenizer.json`, or the file itself). It is loaded lazily, on the first count, and
-only from disk: building the default model is `ensure_default_model()`'s job
-(`TokenCounter.from_default_model(ensure=True)` asks for it explicitly).
+Tasks are data: this module knows no engine and no model cache code. The tokenizer is passed
+in (`TokenCounter(path)`, a directory with `tokenizer.json` or the file itself), or found at
+`$RLM_ENV_TOKENIZER`, or at the path where `make model` leaves the default model
+(`default_tokenizer_dir()`; `rlm-env models --ensure` builds it). It is loaded lazily, on the
+first count, and only from disk.
 
 Without a tokenizer, counts are estimates: characters divided by a chars-per-token ratio
 calibrated per content type with the real tokenizer (each family passes its own ratio).
@@ -31,6 +30,14 @@ EXACT_LIMIT_CHARS = 2_500_000
 _CHUNK = 64_000
 
 
+def default_tokenizer_dir() -> Path:
+    """Where `make model` caches the default model, and so its tokenizer: a path (honouring
+    $RLM_ENV_CACHE like the model cache does), not a dependency on the engines."""
+    root = os.environ.get("RLM_ENV_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rlm-env"
+    return base / "models" / "SmolLM2-135M-Instruct"
+
+
 class TokenCounter:
     """Counts tokens with a real tokenizer when one is on disk, else estimates them.
 
@@ -46,15 +53,6 @@ class TokenCounter:
         self.name: str | None = None
         """Name of the loaded tokenizer (its directory name), None when estimating."""
 
-    @classmethod
-    def from_default_model(cls, ensure: bool = False) -> TokenCounter:
-        """The default model's tokenizer; with `ensure=True` build the model first if needed."""
-        if ensure:
-            from rlm_env.models.default_model import ensure_default_model
-
-            return cls(ensure_default_model())
-        return cls()
-
     # -- loading -------------------------------------------------------------------------
     def _candidates(self) -> list[Path]:
         if self._spec is False:
@@ -65,13 +63,7 @@ class TokenCounter:
         env = os.environ.get("RLM_ENV_TOKENIZER")
         if env:
             paths.append(Path(env).expanduser())
-        try:
-            from rlm_env.models.default_model import default_model_dir
-
-            paths.append(Path(default_model_dir()))
-        except Exception:  # the colleague's module may be absent or broken: estimate instead
-            pass
-        paths.append(Path.home() / ".cache" / "rlm-env" / "models" / "SmolLM2-135M-Instruct")
+        paths.append(default_tokenizer_dir())
         return paths
 
     def _load(self) -> Any:
