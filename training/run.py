@@ -69,7 +69,8 @@ class Run:
         if path.exists() and self.last_step() > 0:
             old = json.loads(path.read_text())
             keys = set(old) | set(resolved)
-            changed = sorted(k for k in keys if k not in ("steps", "out") and old.get(k) != resolved.get(k))
+            free = ("steps", "out", "workers", "ray_address", "sync_dir")  # where/how long, not what
+            changed = sorted(k for k in keys if k not in free and old.get(k) != resolved.get(k))
             if changed:
                 raise SystemExit(f"{path}: cannot resume with a different config (changed: {changed})")
         path.write_text(json.dumps(resolved, indent=2))

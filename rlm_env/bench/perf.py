@@ -134,7 +134,7 @@ async def _learner_figure(short: bool) -> Figure:
 
     if not short:
         path = str(ensure_default_model())
-        return await asyncio.to_thread(training_figures.learner_speed, path, sequences=4, reps=2)
+        return await asyncio.to_thread(training_figures.learner_speed, path, sequences=4, reps=3)
     with tempfile.TemporaryDirectory(prefix="rlm-bench-tiny-") as tmp:
         path = str(training_figures.tiny_model_dir(tmp))
         return await asyncio.to_thread(training_figures.learner_speed, path, sequences=2, reps=1)
