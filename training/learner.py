@@ -211,9 +211,17 @@ class Learner:
             if world > 1:
                 loss = loss * world  # all-reduce averages; the normaliser already spans all ranks
             loss.backward()
-            totals["loss"] += float(loss.detach()) / world
+            totals["loss"] += float(loss.detach()) / world  # this rank's share of the step's loss
             totals["tokens"] += float(batch["attention_mask"].sum())
-        if world > 1:
+        sequences = float(len(mine))
+        if world > 1:  # the step's figures over all ranks, not rank 0's slice
+            import torch.distributed as dist
+
+            keys = sorted(totals)
+            summed = torch.tensor([totals[k] for k in keys] + [sequences], dtype=torch.float64)
+            dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+            totals = dict(zip(keys, summed[:-1].tolist(), strict=True))
+            sequences = float(summed[-1])
             for p in self.params:  # a rank with no loss tokens still joins every all-reduce
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
@@ -230,7 +238,7 @@ class Learner:
             "loss": totals["loss"],
             "grad_norm": grad_norm if math.isfinite(grad_norm) else float("nan"),
             "lr": lr,
-            "sequences": float(len(mine)),
+            "sequences": sequences,
             "tokens": totals["tokens"],
             "loss_tokens": totals["loss_tokens"],
             "learner_s": seconds,
