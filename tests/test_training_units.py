@@ -242,3 +242,27 @@ def test_merged_weights_equal_peft_merge():
     assert set(ours) == set(reference) - {"lm_head.weight"}
     for key, value in ours.items():
         assert torch.allclose(value, reference[key], atol=1e-6), key
+
+
+def test_trained_sub_calls_become_samples_with_the_episode_advantage():
+    from rlm_env.episode.record import ModelCall
+
+    records = [make_record("a0", "A", 1.0), make_record("a1", "A", 0.0)]
+    records[0].calls.append(
+        ModelCall(
+            id="sub-0",
+            role="sub",
+            depth=0,
+            parent_id="root-0",
+            prompt_token_ids=[5, 6, 7],
+            completion_token_ids=[8, 9],
+            logprobs=[-0.1, -0.2],
+        )
+    )
+    items, _ = grpo_items(records, train_sub_calls=True)
+    (sub,) = [i for i in items if i.kind == "sub"]
+    assert sub.token_ids == [5, 6, 7, 8, 9] and sub.loss_mask == [0, 0, 0, 1, 1]
+    assert sub.logprobs == [None, None, None, -0.1, -0.2] and sub.has_logprobs
+    assert sub.advantage == pytest.approx(0.5)
+    without, _ = grpo_items(records)
+    assert all(i.kind == "root" for i in without)
