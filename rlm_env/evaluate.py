@@ -57,6 +57,9 @@ class EvalConfig(BaseModel):
     """Root model spec (see `rlm_env.models.build_model`)."""
     sub_model: str | None = None
     """Sub-call model spec; None shares the root's engine."""
+    adapter: str | None = None
+    """Trained weights on top of `model`: a peft LoRA adapter directory (merged once, cached) or a
+    full checkpoint directory (see `rlm_env.models.adapter`); its identity is every call's checkpoint."""
     concurrency: int = Field(4, gt=0)
     """Episodes in flight at once."""
     out: str = "runs/eval"
@@ -73,7 +76,7 @@ def load_eval_config(args: Any) -> tuple[EvalConfig, EpisodeConfig]:
         with open(args.config, "rb") as f:
             data = tomllib.load(f)
     eval_data = dict(data.get("eval", {}))
-    for key in ("task", "dataset", "episodes", "model", "sub_model", "seed", "concurrency", "out"):
+    for key in ("task", "dataset", "episodes", "model", "sub_model", "adapter", "seed", "concurrency", "out"):
         value = getattr(args, key, None)
         if value is not None:
             eval_data[key] = value
@@ -259,6 +262,12 @@ def summarize(records: list[EpisodeRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+def overall_accuracy(records: list[EpisodeRecord]) -> float:
+    """Mean correctness over every episode of the run (all lengths together)."""
+    values = [r.rewards.get("correctness", 0.0) for r in records]
+    return round(statistics.fmean(values), 4) if values else 0.0
+
+
 def _count(values: Any) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for v in values:
@@ -311,7 +320,7 @@ def main(args: Any) -> int:
 
         engine = EngineConfig(**config.engine)
         console.print(f"starting engines for {config.model!r} (first start takes ~30-60 s on CPU)")
-        root = build_model(config.model, role="root", config=engine)
+        root = build_model(config.model, role="root", config=engine, adapter=config.adapter)
         sub = (
             root
             if config.sub_model in (None, config.model)
@@ -329,6 +338,10 @@ def main(args: Any) -> int:
     rows = summarize(records)
     summary = {
         "config": config.model_dump(),
+        "accuracy": overall_accuracy(records),
+        "checkpoints": sorted(
+            {c.checkpoint or "unknown" for r in records for c in r.calls if c.role == "root"}
+        ),
         "rows": rows,
         "wall_time_s": round(time.monotonic() - started, 2),
     }

@@ -45,3 +45,12 @@ def vllm_client(default_model_path):
     client.shutdown()
     if started_ray:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference_model(default_model_path):
+    """The default model in plain transformers, float32: the learner's view against which real
+    engines' logprobs are checked (`rlm_env.models.logprob_check`). Loaded once (~2 s, 0.5 GB)."""
+    from rlm_env.models.logprob_check import load_reference_model
+
+    return load_reference_model(default_model_path)

@@ -444,7 +444,7 @@ async def test_play_has_a_hard_wall_clock_kill():
 
 @pytest.mark.slow
 async def test_a_soak_of_hostile_episodes_ends_on_time_with_nothing_left_behind():
-    """32 concurrent episodes, each opening with one attack of the rotating mix (figure 7)."""
+    """32 concurrent episodes, each opening with one attack of the rotating mix (figure 8)."""
     from rlm_env.bench.hardening_figures import HOSTILE, soak
 
     raw = await asyncio.wait_for(soak(32), timeout=120)

@@ -147,7 +147,11 @@ async def test_sft_on_scripted_demos_then_sync(engine, default_model_path, tmp_p
     from training.sync import sync_weights
 
     out = tmp_path / "sft"
-    config = load_train_config(data=tiny("sft", out, steps=2, sft={"demos": 2}))
+    data = tiny("sft", out, steps=2, sft={"demos": 2}, max_seq_len=4096)
+    # The experts' replies and transcripts are longer than the sampled runs above allow.
+    data["episode"] |= {"budget": {"max_root_turns": 6, "context_window": 4096, "wall_clock_s": 90}}
+    data["episode"]["root_sampling"] = {"max_tokens": 512, "temperature": 1.0}
+    config = load_train_config(data=data)
     trainer = Trainer(config, str(default_model_path))
     rows = await trainer.train()
     assert rows[1]["learner/loss"] < rows[0]["learner/loss"]  # the same two demos, twice

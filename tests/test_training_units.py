@@ -92,8 +92,8 @@ def test_loss_mask_is_exactly_the_sampled_tokens_of_a_real_episode(default_model
 
     from rewards import Rubric, RubricConfig
     from rlm_env.episode import EpisodeConfig
+    from tests.training_helpers import ScriptedTokenPolicy
     from training.config import RolloutConfig
-    from training.demos import ScriptedTokenPolicy
     from training.rollout import Rollouts, group_jobs, score, step_tasks
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from rlm_env.episode.record import EpisodeRecord, ModelCall, RootSample
+from rlm_env.models.base import Completion
 
 
 def make_record(
@@ -75,3 +76,29 @@ def tiny_model_dir(path: Path) -> Path:
         if (source / name).exists():
             shutil.copy(source / name, path / name)
     return path
+
+
+class ScriptedTokenPolicy:
+    """A scripted root with real token ids from `tokenizer` (ids of the reply + the end token),
+    as an engine would return them; replies come from `reply(messages)`. No logprobs."""
+
+    supports_token_prompts = True
+    name = "scripted-token-policy"
+
+    def __init__(self, tokenizer, reply):
+        self.tokenizer = tokenizer
+        self.reply = reply
+
+    async def generate(self, messages, sampling, *, prompt_token_ids=None, session_id=None):
+        text = self.reply(messages)
+        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        return Completion(
+            text=text,
+            finish_reason="stop",
+            prompt_token_ids=list(prompt_token_ids) if prompt_token_ids is not None else None,
+            completion_token_ids=ids,
+            model=self.name,
+        )
+
+    async def close(self):
+        return None

@@ -195,32 +195,33 @@ class Trainer:
 
     # ---- data -----------------------------------------------------------------------------
     async def _demos(self, tokenizer: Any = None) -> list[EpisodeRecord]:
+        """`sft.demos` scripted expert demonstrations (`training.demos`) on the rollout tasks,
+        through the real episode loop and sandbox, scored; written to records/demos.jsonl."""
         from rewards import Rubric, RubricConfig
-        from training.demos import SOLVERS, ScriptedTokenPolicy
-        from training.rollout import Rollouts, group_jobs, score, step_tasks
+        from training.demos import EXPERTS
+        from training.demos.run import expert_policy, label_tasks
+        from training.rollout import Rollouts, group_jobs, score, step_tasks, write_records
 
-        family = self.config.rollout.task
-        if family not in SOLVERS:
+        rc = self.config.rollout
+        if rc.task not in EXPERTS:
             raise SystemExit(
-                f"sft.demos: no scripted solver for task family {family!r} (have {sorted(SOLVERS)})"
+                f"sft.demos: no scripted expert for task family {rc.task!r} (have {sorted(EXPERTS)})"
             )
-        path = self.run.records_dir / "demos.jsonl"
-        policy = ScriptedTokenPolicy(tokenizer or self.learner.tokenizer, SOLVERS[family])
         tasks = []
         step = 1
-        rc = self.config.rollout
         while len(tasks) < self.config.sft.demos:
             tasks.extend(step_tasks(rc, step))
             step += 1
         jobs = group_jobs(tasks[: self.config.sft.demos], 1, 0)
+        label_tasks(rc.task, [j.task for j in jobs])
+        policy = expert_policy(rc.task, {}, tokenizer or self.learner.tokenizer)
+        path = self.run.records_dir / "demos.jsonl"
         rollouts = Rollouts(self.config.resolved_episode(), policy, policy, concurrency=rc.concurrency)
         try:
             records = await rollouts.run(jobs, path)
         finally:
             await rollouts.close()
         await score(records, jobs, Rubric(RubricConfig(**self.config.rubric)), None)
-        from training.rollout import write_records
-
         write_records(path, records)
         return records
 

@@ -1,4 +1,4 @@
-"""Figure 7: a soak of hostile episodes, and what the sandbox's defences cost (issue 13).
+"""Figure 8: a soak of hostile episodes, and what the sandbox's defences cost (issue 13).
 
 `soak()` runs `episodes` scripted episodes at once (a warm pool, `concurrency` at a time), each
 opening with one hostile reply from a rotating mix of the attacks the escape suite plays one by
@@ -254,7 +254,7 @@ async def soak(episodes: int = 32, concurrency: int = 8) -> dict[str, Any]:
 async def hardening(episodes: int = 32) -> Figure:
     raw = await soak(episodes)
     leaks = sum(max(v, 0) for v in raw["leaked"].values())
-    title = "7. Hostile soak"
+    title = "8. Hostile soak"
     rows = [
         Row(
             f"{title}: {episodes} episodes, wall time",

@@ -1,6 +1,6 @@
 """`rlm-env bench perf`: what the environment costs next to the model, against its targets.
 
-Six figures, each a median of many repetitions, each comparison a ratio measured in the same
+The figures, each a median of many repetitions, each comparison a ratio measured in the same
 run (these machines are shared and noisy: absolute numbers from different runs do not compare):
 
 1. REPL step: a trivial cell in the sandbox versus `exec` in-process (target <= 1 ms);
@@ -9,13 +9,20 @@ run (these machines are shared and noisy: absolute numbers from different runs d
    the memory of 16 episodes on it versus its size (target <= 1.5x);
 4. `llm_batch` through the RPC path with an instant model (target >= 10,000 sub-calls/s);
 5. `llm_batch` on the real vLLM engine versus calling the engine client directly (>= 0.95);
-6. share of an episode's wall time spent outside the model, on the default model (<= 5%).
+6. share of an episode's wall time spent outside the model, on the default model (<= 5%);
+7. vLLM's logprobs against a float32 transformers recomputation, bf16 and float32 engines
+   (mean <= 0.05 nats bf16): the noise floor of GRPO's importance ratio (`logprob_figures.py`);
+8. a soak of hostile episodes (every one runs an attack of a rotating mix) beside a bystander:
+   wall time, host peak memory, bystander latency, leaks and labels (`hardening_figures.py`);
+9. collection throughput (episodes/hour) and dataset size per episode, with a scripted root
+   and with the default model (`collect_figures.py`).
 
-The figures themselves live in `sandbox_figures.py` (1-3) and `subcall_figures.py` (4-6); this
-module picks the repetitions, runs them in order, and writes the report (`report.py`).
+The figures themselves live in `sandbox_figures.py` (1-3), `subcall_figures.py` (4-6) and
+`logprob_figures.py` (7), `hardening_figures.py` (8) and `collect_figures.py` (9); this module picks the repetitions, runs them in order, and writes the
+report (`report.py`).
 `--short` runs few repetitions on a 1M-token context and skips the engine figures (an engine
 start alone takes ~40 s): the test suite uses it to keep this code alive, and its numbers are
-printed, never asserted. `--skip-engine` skips figures 5 and 6. A figure that crashes becomes
+printed, never asserted. `--skip-engine` skips figures 5 to 7. A figure that crashes becomes
 an error row (and exit status 1); one that misses its target is reported, not raised.
 """
 
@@ -31,7 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlm_env.bench import hardening_figures, sandbox_figures, subcall_figures, training_figures
+from rlm_env.bench import (
+    collect_figures,
+    hardening_figures,
+    logprob_figures,
+    sandbox_figures,
+    subcall_figures,
+    training_figures,
+)
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
 
 
@@ -49,7 +63,9 @@ class Plan:
     engine_pairs: int
     outside_episodes: int
     soak_episodes: int = 32
-    """Hostile episodes of figure 7 (hardening_figures.soak)."""
+    """Hostile episodes of figure 8 (hardening_figures.soak)."""
+    logprob_prompts: int = 8
+    logprob_tokens: int = 64
 
 
 FULL = Plan(
@@ -75,6 +91,10 @@ SHORT = Plan(
     outside_episodes=2,
     soak_episodes=9,
 )
+
+
+ENGINE_FIGURES = ("engine_batch", "outside_model", "logprob_agreement", "grpo_step")
+"""Figures that start real vLLM engines (skipped by --short and --skip-engine)."""
 
 
 def _log(message: str) -> None:
@@ -115,6 +135,10 @@ async def _engine_figures(plan: Plan) -> list[Figure]:
         outside = await _guarded(
             "outside_model", lambda: subcall_figures.outside_model(client, plan.outside_episodes)
         )
+        collected = await _guarded(
+            "collect",
+            lambda: collect_figures.collect(client, 4 * plan.outside_episodes, plan.outside_episodes),
+        )
         # Last: it reloads the engine's weights (with the base weights first, under a run name).
         grpo = await _guarded("grpo_step", lambda: training_figures.grpo_step(client, client.model))
     finally:
@@ -123,11 +147,11 @@ async def _engine_figures(plan: Plan) -> list[Figure]:
             ray.shutdown()
     batch.raw["engine_start_s"] = round(start_s, 1)
     batch.method += f" (The engine took {start_s:.0f} s to start, not counted.)"
-    return [batch, outside, grpo]
+    return [batch, outside, collected, grpo]
 
 
 async def _learner_figure(short: bool) -> Figure:
-    """Figure 8 on the default model; --short: on a tiny random llama (keeps the code alive)."""
+    """The learner figure on the default model; --short: on a tiny random llama (keeps the code alive)."""
     import tempfile
 
     from rlm_env.models import ensure_default_model
@@ -149,21 +173,29 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
         ),
         await _guarded("rpc_instant", lambda: subcall_figures.rpc_instant(plan.rpc_calls, plan.rpc_reps)),
         await _guarded("hardening", lambda: hardening_figures.hardening(plan.soak_episodes)),
+        await _guarded("learner_speed", lambda: _learner_figure(plan is SHORT)),
     ]
-    figures.append(await _guarded("learner_speed", lambda: _learner_figure(plan is SHORT)))
     if engine:
         try:
             figures += await _engine_figures(plan)
-        except Exception as e:  # noqa: BLE001 - the engine did not start: say so in both rows
+        except Exception as e:  # noqa: BLE001 - the engine did not start: say so in its rows
             traceback.print_exc()
-            for key in ("engine_batch", "outside_model", "grpo_step"):
+            for key in ("engine_batch", "outside_model", "collect", "grpo_step"):
                 title = dict(FIGURES)[key]
                 figures.append(
                     Figure(key, [Row(title, f"error: engine failed: {e}", "-", False)], {"error": repr(e)})
                 )
+        figures.append(
+            await _guarded(
+                "logprob_agreement",
+                lambda: logprob_figures.logprob_agreement(plan.logprob_prompts, plan.logprob_tokens),
+            )
+        )
     else:
-        figures += [skipped("engine_batch", engine_skip_reason), skipped("outside_model", engine_skip_reason)]
-        figures.append(skipped("grpo_step", engine_skip_reason))
+        figures += [skipped(key, engine_skip_reason) for key in ENGINE_FIGURES]
+        figures.append(  # the scripted-root rows need no engine
+            await _guarded("collect", lambda: collect_figures.collect(None, 4 * plan.outside_episodes, 0))
+        )
     order = [key for key, _ in FIGURES]
     return sorted(figures, key=lambda f: order.index(f.key))
 

@@ -29,9 +29,11 @@ FIGURES = (
     ("rpc_instant", "4. llm_batch RPC, instant model"),
     ("engine_batch", "5. llm_batch on vLLM vs the engine directly"),
     ("outside_model", "6. Episode time outside the model"),
-    ("hardening", "7. Hostile soak"),
-    ("learner_speed", "8. Learner throughput vs plain transformers"),
-    ("grpo_step", "9. GRPO step: weight sync and time split"),
+    ("logprob_agreement", "7. vLLM vs learner logprobs"),
+    ("hardening", "8. Hostile soak"),
+    ("collect", "9. Collection throughput"),
+    ("learner_speed", "10. Learner throughput vs plain transformers"),
+    ("grpo_step", "11. GRPO step: weight sync and time split"),
 )
 """Every figure, in table order: (key, title). The test checks each title appears."""
 

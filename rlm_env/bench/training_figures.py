@@ -1,18 +1,18 @@
 """Trainer figures for `rlm-env bench perf`: learner throughput, weight sync, a GRPO step's split.
 
-8. Learner throughput: `training.learner.Learner.train_step` (masked SFT loss, LoRA r=16 on all
+10. Learner throughput: `training.learner.Learner.train_step` (masked SFT loss, LoRA r=16 on all
    projections, AdamW, grad clipping) against a plain transformers step on the very same batch
    and the same LoRA model (`model(input_ids, attention_mask, labels).loss.backward()` plus the
    same AdamW step), interleaved, medians; target >= 0.85. Both precisions are measured (fp32
    and bf16 autocast), each from the same initial weights on the same batches, and their loss
    curves are reported side by side: the trainer's default is the faster one that trains as well.
-9. A GRPO step on the default model and the real engine: its wall time split into rollout,
+11. A GRPO step on the default model and the real engine: its wall time split into rollout,
    scoring, learner and weight sync; the sync (export of the merged LoRA weights to /dev/shm +
    the engines' in-place reload) against its target (<= 1 s) and its share of the step; and the
    environment's own share of the rollout (episode wall time outside model and sub-calls).
 
 The batches are real: S-NIAH transcripts produced through the episode loop and sandbox by the
-scripted solver (`training.demos`), tokenized by the default model's own tokenizer.
+scripted niah expert (`training.demos`), tokenized by the default model's own tokenizer.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from rlm_env.bench.report import Figure, Row
 
 WARMUP = 2
 """Untimed steps first: on this CPU the first one or two bf16 steps took 10x a steady one."""
-LEARNER_TITLE = "8. Learner throughput vs plain transformers"
-GRPO_TITLE = "9. GRPO step: weight sync and time split"
+LEARNER_TITLE = "10. Learner throughput vs plain transformers"
+GRPO_TITLE = "11. GRPO step: weight sync and time split"
 
 
 async def _demo_items(model_path: str, n: int) -> list[Any]:
@@ -38,10 +38,10 @@ async def _demo_items(model_path: str, n: int) -> list[Any]:
     from rlm_env.episode import EpisodeConfig
     from training.config import RolloutConfig
     from training.data import sft_items
-    from training.demos import ScriptedTokenPolicy, niah_reply
+    from training.demos.run import expert_policy
     from training.rollout import Rollouts, group_jobs, step_tasks
 
-    policy = ScriptedTokenPolicy(AutoTokenizer.from_pretrained(model_path), niah_reply)
+    policy = expert_policy("niah", {}, AutoTokenizer.from_pretrained(model_path))
     rollouts = Rollouts(EpisodeConfig(), policy, policy, concurrency=4)
     jobs = group_jobs(step_tasks(RolloutConfig(tasks_per_step=n, seed=500), 1), 1, 1)
     try:
@@ -73,7 +73,7 @@ def _plain_step(model: Any, optimizer: Any, batch: dict, autocast: bool) -> floa
 
 
 def learner_speed(model_path: str, *, sequences: int, reps: int) -> Figure:
-    """Figure 8 (see the module docstring)."""
+    """Figure 10 (see the module docstring)."""
     from training.config import TrainConfig
     from training.learner import Learner
 
@@ -125,7 +125,7 @@ def learner_speed(model_path: str, *, sequences: int, reps: int) -> Figure:
         )
     )
     method = (
-        f"{len(items)} S-NIAH transcripts from the scripted solver through the episode loop "
+        f"{len(items)} S-NIAH transcripts from the scripted expert through the episode loop "
         f"({tokens} tokens a step, loss on the sampled tokens only), the default model with LoRA r=16 "
         "on all attention and MLP projections, AdamW. Each step of the trainer "
         "(`Learner.train_step`, loss 'sft') is followed by a plain transformers step on the same batch "
@@ -172,7 +172,7 @@ GRPO_BENCH = {
 
 
 async def grpo_step(client: Any, model_path: str) -> Figure:
-    """Figure 9 (see the module docstring): one GRPO step of configs like configs/grpo.toml."""
+    """Figure 11 (see the module docstring): one GRPO step of configs like configs/grpo.toml."""
     from rlm_env.episode import read_records
     from training.config import load_train_config
     from training.run import Trainer

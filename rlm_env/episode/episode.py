@@ -32,7 +32,7 @@ from typing import Any
 from rlm_env.episode.budget import BudgetLedger
 from rlm_env.episode.config import EpisodeConfig
 from rlm_env.episode.parsing import no_code_message, parse_reply
-from rlm_env.episode.prompt import build_root_messages, format_observation
+from rlm_env.episode.prompt import build_root_messages, context_meta, describe_cell, format_observation
 from rlm_env.episode.record import CellRecord, EpisodeRecord, ModelCall
 from rlm_env.episode.subcalls import CHILD_QUESTION, SubCallRouter
 from rlm_env.episode.transcript import RootTranscript
@@ -96,7 +96,7 @@ class Episode:
         self._started = time.monotonic()
         self.record.started_at = time.time()
         prepared = await asyncio.to_thread(prepare_context, self.task.context)
-        meta = _context_meta(prepared)
+        meta = context_meta(prepared)
         self.record.context_meta = meta
         try:
             if self.sandbox_pool is not None:
@@ -179,7 +179,7 @@ class Episode:
                 self.record.flags.infra_suspected.append(
                     f"turn {turn}, block {index + 1}: the REPL worker was killed by SIGKILL"
                 )
-            sections.append(_describe_cell(index, len(parsed.code_blocks), result))
+            sections.append(describe_cell(index, len(parsed.code_blocks), result))
             answer_state = result.answer
         if answer_state is not None:
             if answer_state.ready:
@@ -220,7 +220,7 @@ class Episode:
         if self.transcript is not None:
             self.record.root_sample = self.transcript.sample
             self.record.root_messages = [dict(m) for m in self.transcript.messages]
-            _store_root_prompts_once(self.record)
+            self.record.store_root_prompts_once()
         self.record.wall_time_s = round(time.monotonic() - self._started, 4) if self._started else 0.0
         if self.rubric is not None and not self.record.rewards:
             self.record.rewards = await self.rubric.score(
@@ -380,46 +380,3 @@ class Episode:
             raise RuntimeError(f"the child RLM ended without an answer (stop reason: {record.stop_reason})")
         content = record.answer.content
         return content if isinstance(content, str) else str(content)
-
-
-def _store_root_prompts_once(record: EpisodeRecord) -> None:
-    """Root turns' prompts are prefixes of the one root sample (the transcript is append-only):
-    point into it instead of repeating them, which made records grow with the square of the
-    turn count. A prompt that is not such a prefix (drift, a reset sample) keeps its own ids."""
-    sample = record.root_sample.token_ids
-    for call in record.calls:
-        ids = call.prompt_token_ids
-        if call.role == "sub" or ids is None or len(ids) > len(sample):
-            continue
-        if sample[: len(ids)] == ids:
-            call.prompt_token_ids, call.prompt_in_sample = None, True
-            call.num_prompt_tokens = len(ids)
-
-
-def _context_meta(prepared: Any) -> dict[str, Any]:
-    """What the root prompt and the record say about the context (never its content)."""
-    return {
-        "type_name": prepared.type_name,
-        "length": prepared.length,
-        "size_bytes": prepared.size_bytes,
-        "item_lengths": list(prepared.item_lengths or []),
-        "prefix": prepared.prefix,
-        "sha256": prepared.sha256,
-    }
-
-
-def _describe_cell(index: int, total: int, result: Any) -> str:
-    """One cell's part of the observation."""
-    head = f"[repl block {index + 1} of {total}]" if total > 1 else "[repl output]"
-    parts = [head]
-    if result.output:
-        parts.append(result.output.rstrip("\n"))
-    if result.error:
-        parts.append(f"Error: {result.error}")
-    if result.timed_out:
-        parts.append("(the cell was stopped: it ran past the per-cell time limit)")
-    if result.worker_restarted:
-        parts.append("(the REPL worker had to be restarted: all variables were lost; `context` is reloaded)")
-    if not result.output and not result.error:
-        parts.append("(no output)")
-    return "\n".join(parts)

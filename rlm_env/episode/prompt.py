@@ -80,3 +80,32 @@ def format_observation(sections: list[str], turns_left: int) -> str:
     """Join the outputs of one reply's cells into the next user message."""
     body = "\n\n".join(sections) if sections else "(no output)"
     return f"{body}\n\n[{turns_left} replies left]"
+
+
+def context_meta(prepared: Any) -> dict[str, Any]:
+    """What the root prompt and the record say about the context (never its content)."""
+    return {
+        "type_name": prepared.type_name,
+        "length": prepared.length,
+        "size_bytes": prepared.size_bytes,
+        "item_lengths": list(prepared.item_lengths or []),
+        "prefix": prepared.prefix,
+        "sha256": prepared.sha256,
+    }
+
+
+def describe_cell(index: int, total: int, result: Any) -> str:
+    """One cell's part of the observation."""
+    head = f"[repl block {index + 1} of {total}]" if total > 1 else "[repl output]"
+    parts = [head]
+    if result.output:
+        parts.append(result.output.rstrip("\n"))
+    if result.error:
+        parts.append(f"Error: {result.error}")
+    if result.timed_out:
+        parts.append("(the cell was stopped: it ran past the per-cell time limit)")
+    if result.worker_restarted:
+        parts.append("(the REPL worker had to be restarted: all variables were lost; `context` is reloaded)")
+    if not result.output and not result.error:
+        parts.append("(no output)")
+    return "\n".join(parts)

@@ -221,6 +221,20 @@ class EpisodeRecord(BaseModel):
             return "reward_mask"
         return None
 
+    def store_root_prompts_once(self) -> None:
+        """Root turns' prompts are prefixes of the one root sample (the transcript is
+        append-only): point into it instead of repeating them, which made records grow with the
+        square of the turn count. A prompt that is not such a prefix (drift, a reset sample)
+        keeps its own ids."""
+        sample = self.root_sample.token_ids
+        for call in self.calls:
+            ids = call.prompt_token_ids
+            if call.role == "sub" or ids is None or len(ids) > len(sample):
+                continue
+            if sample[: len(ids)] == ids:
+                call.prompt_token_ids, call.prompt_in_sample = None, True
+                call.num_prompt_tokens = len(ids)
+
     def call_prompt_ids(self, call: ModelCall) -> list[int] | None:
         """The exact prompt ids of one of this episode's calls, wherever they are stored."""
         if call.prompt_token_ids is not None:

@@ -72,7 +72,9 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     )
 
 
-def _build(kind: str, target: str, config: EngineConfig, role: Role) -> ModelClient:
+def _build(
+    kind: str, target: str, config: EngineConfig, role: Role, checkpoint: str | None = None
+) -> ModelClient:
     if kind == "echo":
         return EchoModel()
     if kind == "instant":
@@ -94,14 +96,26 @@ def _build(kind: str, target: str, config: EngineConfig, role: Role) -> ModelCli
     if kind == "hf":
         from .hf_engine import TransformersClient
 
-        return TransformersClient(path, dtype=config.dtype)
+        client = TransformersClient(path, dtype=config.dtype)
+        if checkpoint is not None:
+            client.checkpoint = checkpoint
+        return client
     from .engine_pool import VLLMRayClient
 
-    return VLLMRayClient(path, config).start()
+    vllm_client = VLLMRayClient(path, config)
+    if checkpoint is not None:  # named before start: every replica (and a restarted one) reports it
+        vllm_client.checkpoint = checkpoint
+    return vllm_client.start()
 
 
-def build_model(spec: str, *, role: Role = "root", config: EngineConfig | None = None) -> ModelClient:
+def build_model(
+    spec: str, *, role: Role = "root", config: EngineConfig | None = None, adapter: str | None = None
+) -> ModelClient:
     """A started `ModelClient` for `spec` (see the module docstring for the forms).
+
+    `adapter`: a peft LoRA adapter directory (merged into `spec`'s weights once, cached) or a
+    full checkpoint directory to serve instead of `spec`'s weights; every call then reports the
+    adapter's identity as its checkpoint (see `adapter.py`). Local engines (vllm, hf) only.
 
     Blocks while an engine starts. Raises ValueError for a malformed spec and ModelError when
     an engine cannot start.
@@ -109,11 +123,23 @@ def build_model(spec: str, *, role: Role = "root", config: EngineConfig | None =
     config = config or EngineConfig()
     kind, target = parse_model_spec(spec)
     if kind in ("echo", "instant"):
+        if adapter is not None:
+            raise ValueError(f"an adapter needs a local engine (vllm or hf), not {spec!r}")
         return _build(kind, target, config, role)  # stateless doubles: never shared
-    key = (kind, target, config) if config.share_engine else (kind, target, config, role)
+    checkpoint = None
+    if adapter is not None:
+        if kind not in ("vllm", "hf"):
+            raise ValueError(f"an adapter needs a local engine (vllm or hf), not {spec!r}")
+        from .adapter import prepare_adapter
+
+        served, checkpoint = prepare_adapter(adapter, resolve_model(target))
+        target = str(served)
+    key = (kind, target, config, checkpoint)
+    if not config.share_engine:
+        key += (role,)
     client = _SHARED.get(key)
     if client is None or getattr(client, "_closed", False):
-        client = _SHARED[key] = _build(kind, target, config, role)
+        client = _SHARED[key] = _build(kind, target, config, role, checkpoint)
     return client
 
 

@@ -251,6 +251,8 @@ class VLLMRayClient:
             extras["stop_reason"] = result["stop_reason"]
         if retries:
             extras["retries"] = retries
+        if result.get("prompt_logprobs") is not None:
+            extras["prompt_logprobs"] = result["prompt_logprobs"]
         return Completion(
             text=result["text"],
             finish_reason=result["finish_reason"],
@@ -294,6 +296,25 @@ class VLLMRayClient:
         """
         tasks = [self.generate(messages, sampling) for messages in messages_list]
         return await asyncio.gather(*tasks, return_exceptions=return_exceptions)
+
+    async def prompt_logprobs(
+        self, token_ids: list[int], *, session_id: str | None = None
+    ) -> list[float | None]:
+        """The engine's logprob of every token of `token_ids` given the tokens before it (None
+        for the first), as the engine scores a prompt: compare with a learner's recomputation
+        (`rlm_env.models.logprob_check`). Samples one throwaway token; bypasses the prefix cache.
+        """
+        if self._closed:
+            raise ModelError(f"{self.name}: client is closed")
+        request = {
+            "messages": [],
+            "prompt_token_ids": list(token_ids),
+            "prompt_logprobs": True,
+            "sampling": {**SamplingParams(max_tokens=1, temperature=0.0).__dict__, "stop": []},
+        }
+        async with self._limit():
+            completion = await self._run(request, session_id)
+        return completion.extras["prompt_logprobs"]
 
     async def reload_weights(self, weights_path: str, checkpoint: str | None = None) -> int:
         """Load new weights into every replica (and into any later replacement); returns the

@@ -93,8 +93,9 @@ def engine_args(model: str, config: EngineConfig) -> Any:
     )
 
 
-def vllm_sampling(sampling: dict[str, Any]) -> Any:
-    """Our SamplingParams (as a dict) -> vLLM SamplingParams asking for sampled logprobs."""
+def vllm_sampling(sampling: dict[str, Any], *, prompt_logprobs: bool = False) -> Any:
+    """Our SamplingParams (as a dict) -> vLLM SamplingParams asking for sampled logprobs
+    (and, with `prompt_logprobs`, for the logprob of each prompt token too)."""
     from vllm import SamplingParams
 
     return SamplingParams(
@@ -104,6 +105,7 @@ def vllm_sampling(sampling: dict[str, Any]) -> Any:
         stop=list(sampling["stop"]) or None,
         seed=sampling["seed"],
         logprobs=0,  # only the sampled token's logprob
+        prompt_logprobs=0 if prompt_logprobs else None,  # 0: only the actual prompt token's
         skip_special_tokens=True,
     )
 
@@ -113,6 +115,17 @@ def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float] | None:
     if logprobs is None:
         return None
     return [float(position[token].logprob) for token, position in zip(token_ids, logprobs, strict=True)]
+
+
+def prompt_token_logprobs(prompt_ids: list[int], logprobs: Any) -> list[float | None] | None:
+    """vLLM's prompt logprobs -> one float per prompt token (None for the first: nothing
+    predicts it)."""
+    if logprobs is None:
+        return None
+    return [
+        None if position is None else float(position[token].logprob)
+        for token, position in zip(prompt_ids, logprobs, strict=True)
+    ]
 
 
 class VLLMReplica:
@@ -169,7 +182,11 @@ class VLLMReplica:
         return chat_prompt_ids(self.tokenizer, messages)
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Run one request: {"messages" | "prompt_token_ids", "sampling"} -> result dict."""
+        """Run one request: {"messages" | "prompt_token_ids", "sampling"} -> result dict.
+
+        With `"prompt_logprobs": True` in the request the result also carries the logprob of
+        every prompt token (such requests bypass the prefix cache: vLLM must compute them all).
+        """
         from vllm.inputs import TokensPrompt
 
         prompt_ids = request.get("prompt_token_ids") or self.render(request["messages"])
@@ -180,7 +197,7 @@ class VLLMReplica:
         try:
             stream = self.engine.generate(
                 TokensPrompt(prompt_token_ids=list(prompt_ids)),
-                vllm_sampling(request["sampling"]),
+                vllm_sampling(request["sampling"], prompt_logprobs=bool(request.get("prompt_logprobs"))),
                 request_id=request.get("request_id") or uuid.uuid4().hex,
             )
             async for output in stream:
@@ -190,13 +207,15 @@ class VLLMReplica:
         sample = final.outputs[0]
         token_ids = list(sample.token_ids)
         changed = reloading or self.reloading or self.weight_version != weight_version
+        consumed = list(final.prompt_token_ids or prompt_ids)
         return {
             "text": sample.text,
             "finish_reason": sample.finish_reason or "abort",
             "stop_reason": sample.stop_reason if isinstance(sample.stop_reason, int | str) else None,
-            "prompt_token_ids": list(final.prompt_token_ids or prompt_ids),
+            "prompt_token_ids": consumed,
             "completion_token_ids": token_ids,
             "logprobs": sampled_logprobs(token_ids, sample.logprobs),
+            "prompt_logprobs": prompt_token_logprobs(consumed, final.prompt_logprobs),
             "weight_version": weight_version,
             # A reload during this request mixes two policies in one sample: name neither.
             "checkpoint": None if changed else checkpoint,

@@ -13,8 +13,9 @@ skimming for a partial name finds the wrong page.
 Every relation is a function (one founder per company, one birthplace per person, one mayor
 per city, one inventor per invention, one mentor per person, one company per founder), so
 each chain has one answer, the name of the last entity (scorer "exact"). Train and test use
-disjoint name pools, different fact sentences and different question phrasings. The corpus
-size follows the length (`n_docs`, default about one document per 1,500 tokens, 12 to 1,000);
+disjoint name pools (people's names from `words.py`: 179 given names and 175 family names
+for train, 110 and 87 for test), different fact sentences and different question phrasings. The
+corpus size follows the length (`n_docs`, default about one document per 1,500 tokens, 12 to 1,000);
 big corpora are streamed into a JSON file (`ContextFile(kind="json")`).
 """
 
@@ -26,6 +27,7 @@ from rlm_env.tasks.base import Task
 from rlm_env.tasks.filler import generated_paragraph
 from rlm_env.tasks.sizing import Sink, base_metadata, build_sized, check_split, output_path, rng_for, task_id
 from rlm_env.tasks.tokens import TokenCounter
+from rlm_env.tasks.words import FIRST_NAMES, SURNAMES, split_words
 
 FAMILY = "multihop"
 SCORER = "exact"
@@ -45,15 +47,8 @@ RELATIONS = {
 _W = str.split
 _NAMES = {
     "train": {
-        "first": _W(
-            "Marta Jonas Aiko Pedro Leila Tomas Ingrid Kwame Nadia Oskar Beatriz Emil Hana Ivo Lucia "
-            "Matteo Noor Rasmus Selma Tobias Vera Yusuf Zofia Anton Clara Dario Elin Felix Greta Hugo"
-        ),
-        "last": _W(
-            "Velkov Lindqvist Moreau Tanaka Alvarez Haddad Novak Berg Mensah Petrov Quist Sandoval "
-            "Brenner Castell Dufresne Eklund Falk Gruber Holm Ibsen Jovanic Karlsen Laurent Mercer "
-            "Nyberg Orlov Paredes Rask Soler Tamm"
-        ),
+        "first": list(split_words(FIRST_NAMES, "train")),
+        "last": list(split_words(SURNAMES, "train")),
         "stem": _W(
             "Halvorsen Aurelian Brightwater Corvid Dunmore Everline Falconer Granite Hollis Ironbark "
             "Juniper Kestrel Lumen Meridian Northwind Obsidian Pinecrest Quarry Redfern Solace "
@@ -74,15 +69,8 @@ _NAMES = {
         ),
     },
     "test": {
-        "first": _W(
-            "Elena Rafael Yuki Samir Greer Lukas Amara Dmitri Sofia Henrik Alba Bruno Cyra Dag Esme "
-            "Filip Gaia Idris Jana Kasper Livia Milos Nell Otto Petra Quinn Runa Stellan Thea Viggo"
-        ),
-        "last": _W(
-            "Okafor Rossi Nakamura Castillo Farouk Kowalski Dahl Asante Ivanova Aberg Bianchi Cordova "
-            "Drummond Esposito Fontaine Galli Hartmann Iverson Jensen Kaur Lombardi Marsh Nilsen "
-            "Ostrom Pellegrini Ruiz Strand Takeda Unger Varga"
-        ),
+        "first": list(split_words(FIRST_NAMES, "test")),
+        "last": list(split_words(SURNAMES, "test")),
         "stem": _W(
             "Ashgrove Bellhaven Cinderfield Driftwood Emberlight Foxglove Goldcrest Harrowgate Inkwell "
             "Jadestone Kingsmere Larkspur Moonridge Nettlebed Oakhurst Pebblebrook Quillfeather "
@@ -126,28 +114,82 @@ _FACTS = {
         "inventor": ("The {s} was created by {o}.", "{o} is credited with creating the {s}."),
     },
 }
-_PHRASES = {
+_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
-        "inventor": "the inventor of the {x}",
-        "birth_city": "the city where {x} was born",
-        "mentor": "the mentor of {x}",
-        "founded": "the company founded by {x}",
-        "founder": "the founder of {x}",
-        "hq": "the city where {x} is headquartered",
-        "mayor": "the mayor of {x}",
-        "q": "What is the name of {x}? Answer with the name only.",
+        "inventor": (
+            "the inventor of the {x}",
+            "the one who came up with the {x}",
+            "whoever designed the {x}",
+        ),
+        "birth_city": ("the city where {x} was born", "the home town of {x}", "the city of birth of {x}"),
+        "mentor": ("the mentor of {x}", "the teacher who mentored {x}", "the person who taught {x}"),
+        "founded": ("the company founded by {x}", "the business set up by {x}", "the company created by {x}"),
+        "founder": ("the founder of {x}", "the person who founded {x}", "whoever set up {x}"),
+        "hq": (
+            "the city where {x} is headquartered",
+            "the headquarters city of {x}",
+            "the city that hosts the headquarters of {x}",
+        ),
+        "mayor": (
+            "the mayor of {x}",
+            "the person who is mayor of {x}",
+            "whoever holds the office of mayor in {x}",
+        ),
+        "q": (
+            "What is the name of {x}? Answer with the name only.",
+            "Who or what is {x}? Reply with just the name.",
+            "Find {x}. Answer with the name only.",
+        ),
     },
     "test": {
-        "inventor": "the person who invented the {x}",
-        "birth_city": "the birthplace of {x}",
-        "mentor": "the person who mentored {x}",
-        "founded": "the firm that {x} started",
-        "founder": "the person who started {x}",
-        "hq": "the home city of the head office of {x}",
-        "mayor": "the person serving as mayor of {x}",
-        "q": "Name {x}. Give only the name.",
+        "inventor": (
+            "the person who invented the {x}",
+            "the individual credited with the {x}",
+            "the person behind the {x}",
+        ),
+        "birth_city": ("the birthplace of {x}", "the town of origin of {x}", "the place of birth of {x}"),
+        "mentor": (
+            "the person who mentored {x}",
+            "the mentor that trained {x}",
+            "the guide who trained {x}",
+        ),
+        "founded": (
+            "the firm that {x} started",
+            "the enterprise launched by {x}",
+            "the firm established by {x}",
+        ),
+        "founder": (
+            "the person who started {x}",
+            "the one who established {x}",
+            "the person behind the founding of {x}",
+        ),
+        "hq": (
+            "the home city of the head office of {x}",
+            "the city holding the head office of {x}",
+            "the base city of {x}",
+        ),
+        "mayor": (
+            "the person serving as mayor of {x}",
+            "the current mayor governing {x}",
+            "the official acting as mayor of {x}",
+        ),
+        "q": (
+            "Name {x}. Give only the name.",
+            "Identify {x}. Reply with the name alone.",
+            "Which name belongs to {x}? Give the name only.",
+        ),
     },
 }
+"""Question phrasings per relation (nested once per hop) and for the question itself; disjoint
+between splits, and (but for the original "the firm that {x} started") ending in `{x}` so that
+nested descriptions stay readable. The metadata's `question_templates` lists the index used at each hop, then q's."""
+
+
+def question_phrases(split: str) -> dict[str, tuple[str, ...]]:
+    """The question phrasings of one split: relation -> templates with `{x}`, and "q"."""
+    return _PHRASES[check_split(split)]
+
+
 _NOISE = {
     "person": (
         "{n} enjoys long walks along the coast.",
@@ -299,9 +341,11 @@ def generate(
         write, length_tokens, chars_per_token=CHARS_PER_TOKEN, counter=counter, kind="dict", path=path_out
     )
     phrases = _PHRASES[split]
+    qrng = rng_for(FAMILY, split, seed, "question")
+    picks = [qrng.randrange(len(phrases[rel])) for rel in rels] + [qrng.randrange(len(phrases["q"]))]
     desc = start
-    for rel in rels:
-        desc = phrases[rel].format(x=desc)
+    for rel, pick in zip(rels, picks, strict=False):
+        desc = phrases[rel][pick].format(x=desc)
     meta = base_metadata(FAMILY, split, seed, length_tokens, sized, knobs)
     meta.update(
         hops=hops,
@@ -310,6 +354,7 @@ def generate(
         relations=rels,
         chain=path,
         chain_types=[kind_of[e] for e in path],
+        question_templates=picks,
         length_of="sum of document texts",
     )
-    return Task(tid, sized.context, phrases["q"].format(x=desc), path[-1], SCORER, meta)
+    return Task(tid, sized.context, phrases["q"][picks[-1]].format(x=desc), path[-1], SCORER, meta)

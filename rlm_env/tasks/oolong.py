@@ -9,7 +9,7 @@ frequent label, a comparison across dates. This is dense work; in the paper sub-
 (classifying chunks with `llm_query`) paid off most here.
 
 Each line reads `Date: Mar 03, 2023 || User: 48213 || Instance: <question>`. Instances come
-from templates, several per label, filled from word pools; train and test use different
+from templates, seven per label and split, filled from word pools; train and test use different
 templates and different name/place/title pools (so no instance, and no query, is shared),
 and their own seed streams. The label mix is skewed per task so most/least frequent is
 well-defined (a tie turns the query into a count).
@@ -31,6 +31,7 @@ from typing import Any
 from rlm_env.tasks.base import Task
 from rlm_env.tasks.sizing import Sink, base_metadata, build_sized, check_split, output_path, rng_for, task_id
 from rlm_env.tasks.tokens import TokenCounter
+from rlm_env.tasks.words import FIRST_NAMES, SURNAMES, split_words
 
 FAMILY = "oolong"
 CHARS_PER_TOKEN = 2.42
@@ -47,36 +48,54 @@ _TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "What is the full form of {acr}?",
             "{acr} is short for what?",
             "What do the letters {acr} mean on a {device} label?",
+            "What does the abbreviation {acr} mean?",
+            "Spell out {acr}, please.",
+            "On the {device} manual, what does {acr} refer to?",
         ),
         "description": (
             "Why do {animals} gather in {season}?",
             "How does a {device} work?",
             "What is the meaning of the word '{word}'?",
             "What causes {phenomenon}?",
+            "Why do people {verb_phrase}?",
+            "How does {phenomenon} happen?",
+            "What causes a {device} to overheat?",
         ),
         "entity": (
             "What instrument does {person} play?",
             "What is the name of {person}'s boat?",
             "Which animal appears on the flag of {place}?",
             "What kind of fruit did {person} bring to the fair?",
+            "What is the favourite colour of {person}?",
+            "Which bird nests on the roofs of {place}?",
+            "What game does {person} play on Sundays?",
         ),
         "human": (
             "Who invented the {device}?",
             "Who wrote the novel {title}?",
             "Which painter created {title}?",
             "What was the name of the first mayor of {place}?",
+            "Who discovered the cause of {phenomenon}?",
+            "Who painted {title}?",
+            "Who is the head of the {org} in {place}?",
         ),
         "location": (
             "Where is {place} located?",
             "In which country is {place}?",
             "What city hosted the {event} in {year}?",
             "Where did {person} grow up?",
+            "Where was {title} written?",
+            "In which country was the {device} invented?",
+            "Where does {person} spend the winter?",
         ),
         "numeric": (
             "How many {things} are there in {place}?",
             "When did {person} finish {title}?",
             "How far is {place} from {place2}?",
             "What year was the {building} in {place} built?",
+            "How many pages does {title} have?",
+            "When was the {building} in {place} opened?",
+            "How much did {person} pay for the {device}?",
         ),
     },
     "test": {
@@ -85,36 +104,54 @@ _TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "Expand the initials {acr}.",
             "What is the expansion of {acr} in {field}?",
             "The letters {acr} are used for what phrase?",
+            "Which words do the letters {acr} represent?",
+            "In {field}, what is meant by {acr}?",
+            "Decode the abbreviation {acr}.",
         ),
         "description": (
             "How can I {action}?",
             "What is the difference between {x} and {y}?",
             "Why is {phenomenon} more common in {season}?",
             "What does it mean to {verb_phrase}?",
+            "What does it mean when {animals} fly low?",
+            "Why does {phenomenon} happen at night?",
+            "How can I tell {x} from {y}?",
         ),
         "entity": (
             "What breed of dog does {person} own?",
             "Which language is spoken in {place}?",
             "What colour is the roof of the {building} in {place}?",
             "What dish is {place} famous for?",
+            "What tree grows in the main square of {place}?",
+            "Which sport does {person} coach?",
+            "What flower is the symbol of {place}?",
         ),
         "human": (
             "Who founded the {org} of {place}?",
             "Which composer wrote {title}?",
             "Who was the captain of the {ship}?",
             "What is the name of the architect who designed the {building} in {place}?",
+            "Who taught {person} to paint?",
+            "Which composer arranged the anthem of {place}?",
+            "Who is the patron of the {org} of {place}?",
         ),
         "location": (
             "Which river flows through {place}?",
             "Where can one find the {landmark}?",
             "In what state was {person} born?",
             "What is the capital of {place}?",
+            "Where did the {ship} sink?",
+            "In what state is the {building} of {place}?",
+            "Which river runs past the {landmark}?",
         ),
         "numeric": (
             "How old is {person}?",
             "What is the population of {place}?",
             "How long does it take to {action}?",
             "How much does a {device} cost?",
+            "How long is the {landmark}?",
+            "How many people live in {place}?",
+            "How much rain falls in {place} in {season}?",
         ),
     },
 }
@@ -152,8 +189,8 @@ _SHARED = {
 }
 _SPLIT_POOLS = {
     "train": {
-        "first": _p("Maria|Jonas|Aiko|Pedro|Leila|Tomas|Ingrid|Kwame|Nadia|Oskar"),
-        "last": _p("Lindqvist|Moreau|Tanaka|Alvarez|Haddad|Novak|Berg|Mensah|Petrov"),
+        "first": split_words(FIRST_NAMES, "train"),
+        "last": split_words(SURNAMES, "train"),
         "place": _p(
             "Port Avalen|Kestrova|Marrowby|Lake Tessin|Ostrava Vale|Brindlemoor|Caldera Bay|Fennwick|Santa Olvera|Rookhaven"
         ),
@@ -162,8 +199,8 @@ _SPLIT_POOLS = {
         ),
     },
     "test": {
-        "first": _p("Elena|Rafael|Yuki|Samir|Greta|Lukas|Amara|Dmitri|Sofia|Henrik"),
-        "last": _p("Okafor|Rossi|Nakamura|Castillo|Farouk|Kowalski|Dahl|Asante|Ivanova"),
+        "first": split_words(FIRST_NAMES, "test"),
+        "last": split_words(SURNAMES, "test"),
         "place": _p(
             "Veldmoor|Port Sarin|Ashcombe|Lake Orvieto|Tarnhollow|Bellmere|Quillon Bay|Harrowgate Vale|San Lucero|Wrenfield"
         ),
