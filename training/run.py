@@ -178,12 +178,14 @@ class Trainer:
             concurrency=self.config.rollout.concurrency,
         )
 
+    def _sync_path(self) -> Path:
+        return Path(self.config.sync_dir) / self.config.name.replace("/", "_")
+
     async def _sync(self, step: int) -> dict[str, float]:
         from training.sync import sync_weights
 
         name = self.run.checkpoint_name(step)
-        directory = Path(self.config.sync_dir) / self.config.name.replace("/", "_")
-        result = await sync_weights(self.learner, self.root_model, directory, name)
+        result = await sync_weights(self.learner, self.root_model, self._sync_path(), name)
         if result.weight_version is not None:
             self.version_names[f"v{result.weight_version}"] = name
             (self.run.dir / "checkpoints.json").write_text(json.dumps(self.version_names, indent=2))
@@ -380,6 +382,8 @@ class Trainer:
                 await self.rollouts.close()
             for client in self._owned:
                 await client.close()
+            if self._owned:  # our engines are gone: free the RAM disk (a resumed run rewrites it)
+                shutil.rmtree(self._sync_path(), ignore_errors=True)
         rows = self.run.metrics()
         plot_curves(rows, self.run.dir / "reward_curve.png", config.mode)
         return rows
