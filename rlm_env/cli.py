@@ -149,6 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     perf.add_argument("--out", default="BENCHMARKS.md")
     perf.add_argument("--skip-engine", action="store_true", help="skip the figures that need the vLLM engine")
+    train = sub.add_parser(
+        "train", help="train a policy: sft, rft or grpo (see configs/sft.toml, rft.toml, grpo.toml)"
+    )
+    train.add_argument("--config", required=True, help="TOML training config (mode, model, adapter, ...)")
+    train.add_argument("--out", help="run folder (an existing one is resumed from its last checkpoint)")
+    train.add_argument(
+        "--steps", type=int, help="total steps (sft: optimizer steps; rft: rounds; grpo: rollout steps)"
+    )
+    train.add_argument("--workers", type=int, help="data-parallel learner workers (more than 1: Ray Train)")
+    train.add_argument(
+        "--ray-address", help="attach to an existing Ray cluster (e.g. auto or ray://HOST:10001)"
+    )
+    train.add_argument(
+        "--set",
+        action="append",
+        type=_setting,
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set grpo.group_size=2",
+    )
     return parser
 
 
@@ -182,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         from training.demos.run import main as run
     elif args.command == "models":
         run = _models
+    elif args.command == "train":
+        from training.run import main as run
     elif args.bench_command == "quality":
         from rlm_env.bench.quality import main as run
     else:

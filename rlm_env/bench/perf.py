@@ -44,6 +44,7 @@ from rlm_env.bench import (
     logprob_figures,
     sandbox_figures,
     subcall_figures,
+    training_figures,
 )
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
 
@@ -92,7 +93,7 @@ SHORT = Plan(
 )
 
 
-ENGINE_FIGURES = ("engine_batch", "outside_model", "logprob_agreement")
+ENGINE_FIGURES = ("engine_batch", "outside_model", "logprob_agreement", "grpo_step")
 """Figures that start real vLLM engines (skipped by --short and --skip-engine)."""
 
 
@@ -138,13 +139,29 @@ async def _engine_figures(plan: Plan) -> list[Figure]:
             "collect",
             lambda: collect_figures.collect(client, 4 * plan.outside_episodes, plan.outside_episodes),
         )
+        # Last: it reloads the engine's weights (with the base weights first, under a run name).
+        grpo = await _guarded("grpo_step", lambda: training_figures.grpo_step(client, client.model))
     finally:
         await close_all_models()
         if not had_ray:
             ray.shutdown()
     batch.raw["engine_start_s"] = round(start_s, 1)
     batch.method += f" (The engine took {start_s:.0f} s to start, not counted.)"
-    return [batch, outside, collected]
+    return [batch, outside, collected, grpo]
+
+
+async def _learner_figure(short: bool) -> Figure:
+    """The learner figure on the default model; --short: on a tiny random llama (keeps the code alive)."""
+    import tempfile
+
+    from rlm_env.models import ensure_default_model
+
+    if not short:
+        path = str(ensure_default_model())
+        return await asyncio.to_thread(training_figures.learner_speed, path, sequences=4, reps=3)
+    with tempfile.TemporaryDirectory(prefix="rlm-bench-tiny-") as tmp:
+        path = str(training_figures.tiny_model_dir(tmp))
+        return await asyncio.to_thread(training_figures.learner_speed, path, sequences=2, reps=1)
 
 
 async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list[Figure]:
@@ -156,13 +173,14 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
         ),
         await _guarded("rpc_instant", lambda: subcall_figures.rpc_instant(plan.rpc_calls, plan.rpc_reps)),
         await _guarded("hardening", lambda: hardening_figures.hardening(plan.soak_episodes)),
+        await _guarded("learner_speed", lambda: _learner_figure(plan is SHORT)),
     ]
     if engine:
         try:
             figures += await _engine_figures(plan)
         except Exception as e:  # noqa: BLE001 - the engine did not start: say so in its rows
             traceback.print_exc()
-            for key in ("engine_batch", "outside_model", "collect"):
+            for key in ("engine_batch", "outside_model", "collect", "grpo_step"):
                 title = dict(FIGURES)[key]
                 figures.append(
                     Figure(key, [Row(title, f"error: engine failed: {e}", "-", False)], {"error": repr(e)})
@@ -178,7 +196,8 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
         figures.append(  # the scripted-root rows need no engine
             await _guarded("collect", lambda: collect_figures.collect(None, 4 * plan.outside_episodes, 0))
         )
-    return figures
+    order = [key for key, _ in FIGURES]
+    return sorted(figures, key=lambda f: order.index(f.key))
 
 
 def main(args: Any) -> int:

@@ -32,6 +32,8 @@ FIGURES = (
     ("logprob_agreement", "7. vLLM vs learner logprobs"),
     ("hardening", "8. Hostile soak"),
     ("collect", "9. Collection throughput"),
+    ("learner_speed", "10. Learner throughput vs plain transformers"),
+    ("grpo_step", "11. GRPO step: weight sync and time split"),
 )
 """Every figure, in table order: (key, title). The test checks each title appears."""
 

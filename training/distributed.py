@@ -1,0 +1,169 @@
+"""The data-parallel learner on Ray Train (`TorchTrainer`; gloo on CPU, nccl on GPU).
+
+With `workers > 1`, `train_distributed` runs the SFT loop on `workers` Ray Train workers. Each
+worker holds a full copy of the policy; every optimizer step, all workers draw the same batch
+(the order is a function of the step and the seed), each takes its slice (`items[rank::world]`),
+and `Learner.train_step` all-reduces and averages the trainable gradients before clipping and
+the update. Because each slice's loss is normalised by the whole step's token count and scaled
+by the world size, the averaged gradient is exactly the single-worker gradient of the whole
+batch (tests/test_training_ray.py checks this on a tiny llama). Rank 0 writes checkpoints, logs
+and metrics into the same run folder as a single-process run, so resume works the same way.
+
+Scope, honestly: rft and grpo keep their learner in the driver process (one worker), because
+their rollouts and the weight sync to the engines live there; a multi-worker learner for them
+would run this same per-step function on the workers and send rank 0's merged weights to the
+engines. `--ray-address` attaches the whole run (engines, sandbox pool, Ray Train workers) to
+an existing cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+
+
+def sft_batch(pool: list[Any], step: int, batch_size: int, seed: int) -> list[Any]:
+    """Items of optimizer step `step` (1-based): epochs of a seeded shuffle, no repeat within one."""
+    start = (step - 1) * batch_size
+    out = []
+    for k in range(start, start + batch_size):
+        epoch, index = divmod(k, len(pool))
+        order = list(range(len(pool)))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(pool[order[index]])
+    return out
+
+
+def _sft_worker_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (torch.distributed is initialised by Ray Train)."""
+    import torch.distributed as dist
+
+    from rlm_env.episode import read_records
+    from training.data import sft_items
+    from training.learner import Learner
+    from training.run import Run, plot_curves
+
+    config = TrainConfig.model_validate(loop_config["config"])
+    rank = dist.get_rank()
+    learner = Learner.from_config(loop_config["model_path"], config)
+    run = Run(config)
+    done = run.last_step()
+    if done:
+        learner.load_checkpoint(run.checkpoint_path(done))
+    records = [r for path in loop_config["data"] for r in read_records(path)]
+    pool, _ = sft_items(records, max_seq_len=config.max_seq_len, only_correct=config.sft.only_correct)
+    for step in range(done + 1, config.steps + 1):
+        batch = sft_batch(pool, step, config.batch_size, config.seed)
+        metrics = learner.train_step(batch, "sft")
+        if rank == 0:
+            row = {"step": step, "checkpoint": run.checkpoint_name(step), "workers": dist.get_world_size()}
+            row.update({f"learner/{k}": v for k, v in metrics.items()})
+            trained = [i.episode_id for i in batch]
+            learner.save_checkpoint(
+                run.checkpoint_path(step), {"step": step, "metrics": row, "trained": trained}
+            )
+            run.append("metrics.jsonl", row)
+            run.append("trained_on.jsonl", {"step": step, "episode_ids": trained})
+            run.prune()
+        dist.barrier()
+    if rank == 0:
+        plot_curves(run.metrics(), run.dir / "reward_curve.png", config.mode)
+
+
+def train_distributed(config: TrainConfig, model_path: str) -> list[dict[str, Any]]:
+    """SFT with `config.workers` data-parallel learner workers on Ray Train."""
+    import asyncio
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.run import Run, Trainer
+
+    if config.mode != "sft":
+        raise SystemExit(
+            f"workers > 1 runs the learner on Ray Train for mode 'sft'; mode {config.mode!r} keeps its "
+            "learner beside the rollouts (workers = 1). See training/distributed.py."
+        )
+    run = Run(config)
+    run.prepare()
+    data = [str(Path(p).resolve()) for p in config.sft.data]
+    if config.sft.demos:  # scripted demonstrations need the sandbox: make them here, once
+        from transformers import AutoTokenizer
+
+        asyncio.run(Trainer(config, model_path)._demos(AutoTokenizer.from_pretrained(model_path)))
+        data.append(str((run.records_dir / "demos.jsonl").resolve()))
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    out = str(Path(config.out).resolve())
+    loop_config = {
+        "config": config.model_copy(update={"out": out}).model_dump(mode="json"),
+        "model_path": model_path,
+        "data": data,
+    }
+    gpu = config.device == "cuda"  # "auto" stays on CPU workers: the driver's GPU says nothing of theirs
+    trainer = TorchTrainer(
+        _sft_worker_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=RunConfig(name=f"{config.name}-learner", storage_path=str(Path(out) / "ray")),
+    )
+    trainer.fit()
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def gradient_probe_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker body for the gradient test: one learner step on a fixed batch of a tiny
+    random llama (same seed on every rank), with the update switched off; each rank saves its
+    averaged gradients to `<dir>/rank<k>.pt`."""
+    import torch
+    import torch.distributed as dist
+
+    from training.learner import Learner, wrap_adapter
+
+    config = TrainConfig.model_validate(loop_config["config"])
+    learner = Learner(wrap_adapter(tiny_random_llama(), config), config)
+    learner.optimizer.step = lambda: None  # keep the gradients, skip the update
+    learner.optimizer.zero_grad = lambda set_to_none=True: None
+    learner.train_step(probe_items(), loop_config["objective"])
+    grads = {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.requires_grad}
+    torch.save(grads, Path(loop_config["dir"]) / f"rank{dist.get_rank()}.pt")
+
+
+def tiny_random_llama(seed: int = 0, vocab_size: int = 128) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+        )
+    )
+
+
+def probe_items(n: int = 5) -> list[Any]:
+    """A fixed batch of different lengths (an odd count, so the ranks' slices differ in size)."""
+    from training.data import TrainItem
+
+    out = []
+    for k in range(n):
+        length = 8 + 3 * k
+        ids = [(5 * k + 7 * t) % 120 + 3 for t in range(length)]
+        mask = [0] * 4 + [1] * (length - 4)
+        lps: list[float | None] = [None] * 4 + [-4.5] * (length - 4)
+        out.append(TrainItem(f"e{k}", "g", ids, mask, lps, advantage=(-1) ** k * 0.7))
+    return out
