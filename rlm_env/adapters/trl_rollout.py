@@ -232,10 +232,11 @@ def split_root_sample(
     gets its task question as the prompt and one masked-out end token as the completion.
     """
     sample = record.root_sample
-    first = next((c for c in record.calls if c.role == "root" and c.prompt_token_ids), None)
-    if sample.available and sample.token_ids and first is not None:
-        n = len(first.prompt_token_ids)
-        if sample.token_ids[:n] == list(first.prompt_token_ids) and len(sample.token_ids) > n:
+    first = next((c for c in record.calls if c.role == "root" and record.call_prompt_ids(c)), None)
+    first_prompt = record.call_prompt_ids(first) if first is not None else None
+    if sample.available and sample.token_ids and first_prompt:
+        n = len(first_prompt)
+        if sample.token_ids[:n] == first_prompt and len(sample.token_ids) > n:
             excluded = training_exclusion(record) is not None
             mask = [0] * (len(sample.token_ids) - n) if excluded else list(sample.loss_mask[n:])
             logprobs = [0.0 if x is None else float(x) for x in sample.logprobs[n:]]

@@ -138,14 +138,14 @@ def token_view(record: Any) -> dict[str, Any] | None:
     is False, so a trainer can drop it. None when the endpoint returned no token ids.
     """
     roots = [c for c in record.calls if c.role == "root" and c.error is None]
-    if not roots or any(c.prompt_token_ids is None or c.completion_token_ids is None for c in roots):
+    if not roots or any(record.call_prompt_ids(c) is None or c.completion_token_ids is None for c in roots):
         return None
     ids: list[int] = []
     mask: list[int] = []
     logprobs: list[float] = []
     consistent = True
     for call in roots:
-        prompt = list(call.prompt_token_ids)
+        prompt = record.call_prompt_ids(call) or []
         if prompt[: len(ids)] != ids:
             consistent = False
             ids, mask, logprobs = [], [], []
