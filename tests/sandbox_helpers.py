@@ -175,10 +175,27 @@ class HostWatch:
         assert self.peak_growth_mb < max_growth_mb, f"host memory peaked {self.peak_growth_mb:.0f} MB higher"
 
 
+SANDBOX_MARKERS = ("bwrap", "rlm_worker", "/opt/rlm/", "rlm_env")
+"""Command-line marks of the processes a sandbox or an episode host starts. Session-wide test
+fixtures (the shared Ray/vLLM engine, an OpenAI server) are descendants too, by design."""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def assert_no_leaked_processes(allowed: set[int] = frozenset()) -> None:  # type: ignore[assignment]
-    """No process below the test process but `allowed` (e.g. the canary, live sandboxes)."""
-    left = {p for p in descendants(os.getpid()) if alive(p)} - set(allowed)
-    assert not left, f"leaked processes: {sorted(left)}"
+    """No sandbox or episode-host process below the test process but `allowed` (e.g. the
+    canary, live sandboxes)."""
+    left = {
+        p
+        for p in descendants(os.getpid())
+        if alive(p) and any(mark in _cmdline(p) for mark in SANDBOX_MARKERS)
+    } - set(allowed)
+    assert not left, f"leaked processes: {sorted(left)}: {[_cmdline(p)[:80] for p in sorted(left)]}"
 
 
 __all__ = [

@@ -94,7 +94,7 @@ FIND_SOCKET = (
     "def is_sock(fd):\n"
     "    try: return stat.S_ISSOCK(os.fstat(fd).st_mode)\n"
     "    except OSError: return False\n"
-    "SOCK = [fd for fd in range(64) if is_sock(fd)][0]\n"
+    "SOCK = [fd for fd in range(4096) if is_sock(fd)][0]\n"
 )
 
 

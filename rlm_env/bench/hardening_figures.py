@@ -37,7 +37,7 @@ _SOCKET = (
     "def is_sock(fd):\n"
     "    try: return stat.S_ISSOCK(os.fstat(fd).st_mode)\n"
     "    except OSError: return False\n"
-    "SOCK = socket.socket(fileno=os.dup([fd for fd in range(64) if is_sock(fd)][0]))\n"
+    "SOCK = socket.socket(fileno=os.dup([fd for fd in range(4096) if is_sock(fd)][0]))\n"
     "def frame(b):\n    return struct.pack('>I', len(b)) + b\n"
 )
 
