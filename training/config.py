@@ -154,6 +154,10 @@ class TrainConfig(_Frozen):
     """Optimizer steps (sft), rounds (rft) or rollout steps (grpo)."""
     adapter: AdapterConfig = AdapterConfig()
     """LoRA or full fine-tuning."""
+    init_adapter: str | None = None
+    """A LoRA adapter folder (peft format, e.g. an earlier stage's `<out>/adapter`) to continue
+    training from instead of fresh adapters, so stages chain (SFT -> RFT -> GRPO) into one adapter
+    on the unchanged base. LoRA only; its rank and target modules replace `adapter`'s."""
     optim: OptimConfig = OptimConfig()
     """Optimizer and schedule."""
     micro_batch: int = Field(2, gt=0)
@@ -201,6 +205,8 @@ class TrainConfig(_Frozen):
     def _check(self) -> TrainConfig:
         if self.mode == "sft" and not self.sft.data and not self.sft.demos:
             raise ValueError("mode 'sft' needs sft.data (record files) or sft.demos > 0")
+        if self.init_adapter is not None and self.adapter.kind != "lora":
+            raise ValueError("init_adapter continues a LoRA adapter; it needs adapter.kind = 'lora'")
         if self.micro_batch > self.batch_size and self.mode != "grpo":
             raise ValueError("micro_batch must not exceed batch_size")
         return self

@@ -48,7 +48,11 @@ def load_policy(model_path: str, config: TrainConfig) -> tuple[Any, Any]:
 
 
 def wrap_adapter(model: Any, config: TrainConfig) -> Any:
-    if config.adapter.kind == "lora":
+    if config.init_adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    elif config.adapter.kind == "lora":
         from peft import LoraConfig, get_peft_model
 
         a = config.adapter
@@ -287,6 +291,20 @@ class Learner:
         tmp.replace(directory / "model.safetensors")
         base = self.model.get_base_model() if self.is_lora else self.model
         base.config.to_json_file(str(directory / "config.json"))
+        return directory
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        """The trained policy in a form `rlm-env eval --adapter` and `init_adapter` read: a peft
+        LoRA adapter (adapter_config.json + adapter_model.safetensors), or for full fine-tuning
+        a complete HF checkpoint with the tokenizer. Written beside, then renamed into place."""
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(str(tmp))
+        if self.tokenizer is not None and not self.is_lora:
+            self.tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(directory, ignore_errors=True)
+        tmp.rename(directory)
         return directory
 
     # ---- checkpoints ----------------------------------------------------------------------

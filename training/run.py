@@ -384,6 +384,8 @@ class Trainer:
                 await client.close()
             if self._owned:  # our engines are gone: free the RAM disk (a resumed run rewrites it)
                 shutil.rmtree(self._sync_path(), ignore_errors=True)
+        if self.run.last_step() == config.steps:
+            self.learner.save_adapter(self.run.dir / "adapter")
         rows = self.run.metrics()
         plot_curves(rows, self.run.dir / "reward_curve.png", config.mode)
         return rows
