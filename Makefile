@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= runs/demo
+ADAPTER ?= training/adapters/smollm2-135m-rlm
 
 .PHONY: setup system-deps model demo test lint format bench clean
 
@@ -34,8 +35,10 @@ $(STAMP): pyproject.toml Makefile
 model: setup
 	$(BIN)/rlm-env models --ensure
 
+# Two rows: the default model untrained, then with the committed small-RLM adapter.
 demo: model
-	$(BIN)/rlm-env eval --config configs/demo.toml --out $(DEMO_OUT)
+	$(BIN)/rlm-env eval --config configs/demo.toml --out $(DEMO_OUT)/untrained
+	$(BIN)/rlm-env eval --config configs/demo.toml --adapter $(ADAPTER) --out $(DEMO_OUT)/trained
 
 lint: setup
 	$(BIN)/ruff check .

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--model", default="default")
     quality.add_argument("--seed", type=int, default=0)
     quality.add_argument("--out", default="runs/bench-quality")
+    quality.add_argument("--split", default="test", help="task split (held-out: test)")
+    quality.add_argument("--adapter", help="trained weights: adds the trained-RLM arm")
+    quality.add_argument(
+        "--arms", help="comma list of rlm, plain, trained (default: all that apply); none: only assemble"
+    )
+    quality.add_argument("--concurrency", type=int, default=8)
     _add_episode_options(quality)
     perf = bench_sub.add_parser("perf", help="environment overhead benchmarks; writes BENCHMARKS.md")
     perf.add_argument(

@@ -266,3 +266,43 @@ def test_trained_sub_calls_become_samples_with_the_episode_advantage():
     assert sub.advantage == pytest.approx(0.5)
     without, _ = grpo_items(records)
     assert all(i.kind == "root" for i in without)
+
+
+def test_saved_adapter_continues_as_init_adapter(tmp_path):
+    """A finished stage's `<out>/adapter` is what the next stage's `init_adapter` starts from:
+    the continued learner holds exactly the saved LoRA weights, and they are trainable."""
+    config = TrainConfig(mode="grpo", precision="fp32")
+    learner = Learner(wrap_adapter(tiny_llama(), config), config)
+    with torch.no_grad():
+        for name, p in learner.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    saved = learner.save_adapter(tmp_path / "adapter")
+    assert (saved / "adapter_config.json").exists() and not (tmp_path / "adapter.tmp").exists()
+    before = {n: p.detach().clone() for n, p in learner.model.named_parameters() if p.requires_grad}
+
+    follow = TrainConfig(mode="grpo", precision="fp32", init_adapter=str(saved))
+    continued = Learner(wrap_adapter(tiny_llama(), follow), follow)
+    after = {n: p.detach() for n, p in continued.model.named_parameters() if p.requires_grad}
+    assert set(after) == set(before) and before
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), name
+    with pytest.raises(ValueError, match="init_adapter"):
+        TrainConfig(mode="grpo", init_adapter=str(saved), adapter={"kind": "full"})
+
+
+def test_small_rlm_recipe_runs_every_stage_under_the_evaluation_settings():
+    """Demonstrations, every training stage and the held-out evaluation use one episode config
+    (only the sampling temperature differs: stages that sample use 0.8, evaluation is greedy)."""
+    from rlm_env.episode.config import load_config
+
+    folder = ROOT / "configs" / "small-rlm"
+    evaluation = load_config(folder / "eval.toml").model_dump()
+    for stage, mode in (("sft", "sft"), ("rft", "rft"), ("grpo", "grpo")):
+        config = load_train_config(folder / f"{stage}.toml")
+        assert config.mode == mode
+        episode = config.episode.model_dump()
+        if mode != "sft":
+            assert episode["root_sampling"]["temperature"] > 0
+            episode["root_sampling"]["temperature"] = evaluation["root_sampling"]["temperature"]
+        assert episode == evaluation, stage
