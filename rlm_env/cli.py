@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategy", help="one expert strategy for every episode (default: drawn per episode)"
     )
     demos.add_argument("--sub-model", default="echo", help="model behind the experts' sub-calls")
+    demos.add_argument(
+        "--style",
+        default="varied",
+        choices=("varied", "fixed"),
+        help="varied variable names per episode, or one fixed set (niah)",
+    )
     demos.add_argument("--concurrency", type=int, default=2)
     demos.add_argument("--out", help="output folder (default runs/demos-<task>); an existing run is resumed")
     _add_episode_options(demos)

@@ -209,3 +209,19 @@ def test_a_reply_longer_than_max_tokens_is_never_cut_into_training(tokenizer):
     record = asyncio.run(go())
     assert record.flags.infra_failure and "DemoTooLong" in (record.calls[-1].error or "")
     assert record.training_exclusion() == "infra_failure"
+
+
+def test_fixed_style_uses_the_same_names_in_every_episode():
+    from training.demos import niah
+
+    questions = ["What is the magic number of humble-tulip?", "Report the watchword of ragged-zeppelin."]
+    first_cells = []
+    for i, question in enumerate(questions):
+        strategy, script = niah.script(f"episode-{i}", question, "regex-window", style="fixed")
+        reply = next(script)
+        assert strategy == "regex-window"
+        first_cells.append(reply.split("```repl", 1)[1])
+    for cell in first_cells:
+        assert "\nkey = re.search(" in cell and "\nhits = [m.start()" in cell
+    varied = [next(niah.script(f"episode-{i}", questions[0], "regex-window")[1]) for i in range(8)]
+    assert len({v.split("```repl", 1)[1].split("\n")[4] for v in varied}) > 1  # names differ when varied

@@ -298,7 +298,7 @@ def test_small_rlm_recipe_runs_every_stage_under_the_evaluation_settings():
 
     folder = ROOT / "configs" / "small-rlm"
     evaluation = load_config(folder / "eval.toml").model_dump()
-    for stage, mode in (("sft", "sft"), ("rft", "rft"), ("grpo", "grpo")):
+    for stage, mode in (("sft", "sft"), ("sft-narrow", "sft"), ("rft", "rft"), ("grpo", "grpo")):
         config = load_train_config(folder / f"{stage}.toml")
         assert config.mode == mode
         episode = config.episode.model_dump()

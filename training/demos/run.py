@@ -63,8 +63,11 @@ def label_tasks(family: str, tasks: list[Task], strategy: str | None = None) -> 
     return chosen
 
 
-def expert_policy(family: str, chosen: dict[str, str], tokenizer: Any | None = None) -> ExpertPolicy:
-    """The root policy that plays `family`'s expert with the strategies in `chosen`."""
+def expert_policy(
+    family: str, chosen: dict[str, str], tokenizer: Any | None = None, style: str = "varied"
+) -> ExpertPolicy:
+    """The root policy that plays `family`'s expert with the strategies in `chosen`; `style`
+    "fixed" keeps the expert's variable names the same in every episode (niah only)."""
     if family not in EXPERTS:
         raise SystemExit(f"no expert for task family {family!r}; experts: {', '.join(sorted(EXPERTS))}")
     if tokenizer is None:
@@ -76,6 +79,8 @@ def expert_policy(family: str, chosen: dict[str, str], tokenizer: Any | None = N
     module = EXPERTS[family]
 
     def scripts(episode_id: str, question: str):
+        if style != "varied":  # only experts with a fixed style take the argument
+            return module.script(episode_id, question, chosen.get(episode_id), style=style)
         return module.script(episode_id, question, chosen.get(episode_id))
 
     return ExpertPolicy(tokenizer, scripts, family)
@@ -129,7 +134,7 @@ def main(args: Any) -> int:
     episode_config = load_config(args.config, overrides) if args.config else config_from_dict({}, overrides)
     tasks = build_tasks(config)
     chosen = label_tasks(family, tasks, args.strategy)
-    policy = expert_policy(family, chosen)
+    policy = expert_policy(family, chosen, style=args.style or "varied")
     started = time.monotonic()
 
     async def _run() -> list[EpisodeRecord]:
