@@ -14,10 +14,10 @@ Families with experts: see `EXPERTS`. Demonstrations are made on the train split
 default; evaluation uses the test split, whose words and templates the experts never saw.
 """
 
-from training.demos import multihop, niah
+from training.demos import multihop, niah, oolong
 from training.demos.policy import POLICY_PREFIX, ExpertPolicy, question_from_prompt
 
-EXPERTS = {"niah": niah, "multihop": multihop}
+EXPERTS = {"niah": niah, "multihop": multihop, "oolong": oolong}
 """Family -> module with `STRATEGIES` and `script(episode_id, question, strategy=None)`."""
 
 __all__ = ["EXPERTS", "POLICY_PREFIX", "ExpertPolicy", "question_from_prompt"]
