@@ -40,9 +40,10 @@ from rlm_worker_io import (
     install_seccomp,
     map_str,
 )
+from rlm_worker_tools import ToolError, make_stubs
 
 RESERVED = frozenset(
-    "context llm_query llm_batch rlm_query SubCallError SHOW_VARS FINAL FINAL_VAR answer".split()
+    "context llm_query llm_batch rlm_query SubCallError ToolError SHOW_VARS FINAL FINAL_VAR answer".split()
 )
 CFG = json.loads(sys.argv[-1])
 CHAN = Channel(CFG["fd"])
@@ -387,7 +388,8 @@ def main():
     main_mod.__dict__.update(
         context=context, llm_query=llm_query, llm_batch=llm_batch, rlm_query=rlm_query,
         SubCallError=SubCallError, SHOW_VARS=SHOW_VARS, FINAL=FINAL, FINAL_VAR=FINAL_VAR,
-        answer={"content": None, "ready": False},
+        answer={"content": None, "ready": False}, ToolError=ToolError,
+        **make_stubs(msg.get("tools"), _call, RESERVED),
     )  # fmt: skip
     sys.modules["__main__"] = main_mod
     NS = main_mod.__dict__
