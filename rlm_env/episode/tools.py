@@ -149,6 +149,7 @@ class ToolRunner:
         self.episode = episode
         self.tools = {t.tool_name: t for t in episode.config.tools}
         self.used: dict[str, int] = dict.fromkeys(self.tools, 0)
+        self.functions = {n: resolve(t.function) for n, t in self.tools.items()}  # imported at config load
         self._count = 0
 
     def specs(self) -> list[dict[str, str]]:
@@ -206,7 +207,7 @@ class ToolRunner:
         if self.used[tool.tool_name] >= tool.max_calls:
             raise _Refused(f"{tool.tool_name}: call budget spent ({tool.max_calls} calls per episode)")
         self.used[tool.tool_name] += 1
-        fn = resolve(tool.function)
+        fn = self.functions[tool.tool_name]
         try:
             async with asyncio.timeout(tool.timeout_s):
                 value = await asyncio.to_thread(fn, *args, **kwargs)
