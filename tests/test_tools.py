@@ -162,3 +162,17 @@ async def test_sub_model_tool_loop_stops_at_its_turn_cap_and_the_tool_budget():
     assert len(sub.seen) == 4  # 3 tool turns, then the final reply is taken as it is
     assert [t.get("error") is None for t in call.tool_turns] == [True, True, False]
     assert "budget" in call.tool_turns[-1]["error"] and "<tool_call>" in record.answer.content
+
+
+def test_the_example_config_loads_and_the_prompt_lists_root_tools_only():
+    from rlm_env.episode.config import load_config
+    from rlm_env.episode.prompt import build_root_messages
+
+    cfg = load_config("configs/tools.toml")
+    assert [(t.tool_name, t.scope) for t in cfg.tools] == [
+        ("word_count", "root"),
+        ("numbers_in", "both"),
+        ("add", "sub"),
+    ]
+    system = build_root_messages("q", {}, cfg)[0]["content"]
+    assert "`word_count(text: str) -> int`" in system and "numbers_in(" in system and "`add(" not in system
