@@ -37,11 +37,16 @@ async def test_tool_result_round_trips_and_is_recorded():
     code = (
         "r = remember(1, 'two', k={'a': [1.5, None]})\n"
         "n = word_count(context)\n"
-        "FINAL([r, n, remember.__name__])"
+        "FINAL([r, n, remember.__name__, sorted(SHOW_VARS())])"
     )
     tools = [tool("remember", description="echo"), {"function": "rlm_env.tools.examples:word_count"}]
     record = await run(code, tools)
-    assert record.answer.content == [{"args": [1, "two"], "kwargs": {"k": {"a": [1.5, None]}}}, 3, "remember"]
+    assert record.answer.content == [
+        {"args": [1, "two"], "kwargs": {"k": {"a": [1.5, None]}}},
+        3,
+        "remember",
+        ["n", "r"],  # the stubs are helpers, not the user's variables
+    ]
     assert [c.tool for c in record.tool_calls] == ["remember", "word_count"]
     first = record.tool_calls[0]
     assert first.args == [1, "two"] and first.kwargs == {"k": {"a": [1.5, None]}}

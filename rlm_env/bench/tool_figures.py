@@ -4,7 +4,7 @@ A real Episode (bwrap sandbox) whose scripted root reply is one ```repl cell tim
 REPL with `time.perf_counter`, N sequential `echo('q')` calls of the example tool
 `rlm_env.tools.examples:echo` and N sequential `llm_query('q')` calls against `InstantModel`
 (a model that costs nothing). Both travel the same way, a `call` frame out of the sandbox and a
-`call_result` back; the tool call adds the host's `asyncio.to_thread` hop and the JSON checks of
+`call_result` back; the tool call adds the hop to a thread of the host's tool pool and the JSON checks of
 its arguments and result, the sub-call the router's budget, concurrency bound and token
 accounting. Each call is also recorded (a ToolCall or a ModelCall), so the record's cost is in.
 """

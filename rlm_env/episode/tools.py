@@ -4,7 +4,7 @@ optionally, by sub-models through a text tool loop.
 A tool is `ToolConfig(function="pkg.module:function", ...)`. The root's REPL gets a stub of the
 same name; calling it sends a `call` frame (`fn="tool"`) that the sandbox host validates
 (rlm_env/sandbox/calls.py) and hands to `ToolRunner.call`, which runs the real function here, in
-the host process, on a thread (`asyncio.to_thread`) under the tool's deadline.
+the host process, on a thread of the tools' own pool (16 threads) under the tool's deadline.
 
 What is guaranteed, call by call, before and after the function runs:
 
@@ -19,7 +19,8 @@ What is guaranteed, call by call, before and after the function runs:
 
 Not guaranteed: a tool that passes its deadline cannot be killed (Python threads cannot be), so
 its thread runs on in the background until the function returns; the call itself has already
-failed with a timeout. Tools run with the host's privileges: declare only functions you trust
+failed with a timeout. Stuck tools can fill the tools' thread pool; later tool calls then wait
+in its queue and fail at their own deadline, while nothing else in the host waits on that pool. Tools run with the host's privileges: declare only functions you trust
 with any JSON arguments the model may invent.
 
 Sub-model tools (`scope = "sub"` or `"both"`): `llm_query` prompts are sent with a system
@@ -35,11 +36,13 @@ chat template; the tiny default model has no tool-call parser of its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -55,6 +58,9 @@ RESERVED_NAMES = frozenset(
     "print len str int dict list open exec eval input help".split()
 )
 """Names a tool may not take: the REPL's own helpers and the builtins code leans on most."""
+_TOOL_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="rlm-tool")
+"""Tools' own threads: a tool stuck past its deadline holds one of these, never a thread of the
+event loop's default executor (which parses big frames and tokenizes prompts for every episode)."""
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
@@ -210,7 +216,8 @@ class ToolRunner:
         fn = self.functions[tool.tool_name]
         try:
             async with asyncio.timeout(tool.timeout_s):
-                value = await asyncio.to_thread(fn, *args, **kwargs)
+                call = functools.partial(fn, *args, **kwargs)
+                value = await asyncio.get_running_loop().run_in_executor(_TOOL_THREADS, call)
         except TimeoutError:
             raise _Refused(f"{tool.tool_name}: no result within its {tool.timeout_s:g} s timeout") from None
         try:

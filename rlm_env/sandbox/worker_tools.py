@@ -8,10 +8,18 @@ Nothing here is a security boundary: model code can forge the same frame, and th
 every one (rlm_env/sandbox/calls.py, then the episode's ToolRunner).
 """
 
+HELPER_NAMES = set(
+    "context llm_query llm_batch rlm_query SubCallError ToolError SHOW_VARS FINAL FINAL_VAR answer".split()
+)
+"""The REPL's helpers, which SHOW_VARS leaves out and no tool may shadow; tool stubs join it."""
+
 
 class ToolError(Exception):
     """A custom tool call failed on the host side (unknown tool, budget, size, timeout, non-JSON
     result, or the tool raised); the message says which."""
+
+
+ToolError.__module__ = "__main__"  # tracebacks in the REPL say "ToolError: ...", like a user class
 
 
 def make_stub(name, doc, call):
@@ -28,13 +36,14 @@ def make_stub(name, doc, call):
     return stub
 
 
-def make_stubs(specs, call, reserved):
-    """{name: stub} for the init frame's tool specs; malformed or reserved names are skipped
-    (the host refuses those at config load, so only a broken host sends them)."""
+def make_stubs(specs, call):
+    """{name: stub} for the init frame's tool specs; malformed or helper names are skipped (the
+    host refuses those at config load, so only a broken host sends them)."""
     stubs = {}
     for spec in specs if isinstance(specs, list) else []:
         name = spec.get("name") if isinstance(spec, dict) else None
-        if isinstance(name, str) and name.isidentifier() and name not in reserved:
+        if isinstance(name, str) and name.isidentifier() and name not in HELPER_NAMES:
             doc = spec.get("doc")
             stubs[name] = make_stub(name, doc if isinstance(doc, str) else "", call)
+    HELPER_NAMES.update(stubs)
     return stubs
