@@ -40,6 +40,7 @@ async def test_sub_model_tool_loop_on_the_real_engine(vllm_client):
     assert [c.tool for c in record.tool_calls] == ["word_count"] and record.tool_calls[0].result == 4
     subs = [c for c in record.calls if c.role == "sub"]
     assert len(subs) == 2
+    print("tool turns per sub-call on the real model:", [len(c.tool_turns or []) for c in subs])
     for call in subs:
         turns = call.tool_turns or []
         assert len(turns) <= 2  # the turn cap held
