@@ -15,7 +15,9 @@ run (these machines are shared and noisy: absolute numbers from different runs d
 8. a soak of hostile episodes (every one runs an attack of a rotating mix) beside a bystander:
    wall time, host peak memory, bystander latency, leaks and labels (`hardening_figures.py`);
 9. collection throughput (episodes/hour) and dataset size per episode, with a scripted root
-   and with the default model (`collect_figures.py`).
+   and with the default model (`collect_figures.py`);
+12. a trivial custom-tool call's round trip next to a trivial `llm_query` on an instant model
+   (`tool_figures.py`).
 
 The figures themselves live in `sandbox_figures.py` (1-3), `subcall_figures.py` (4-6) and
 `logprob_figures.py` (7), `hardening_figures.py` (8) and `collect_figures.py` (9); this module picks the repetitions, runs them in order, and writes the
@@ -44,6 +46,7 @@ from rlm_env.bench import (
     logprob_figures,
     sandbox_figures,
     subcall_figures,
+    tool_figures,
     training_figures,
 )
 from rlm_env.bench.report import FIGURES, Figure, Row, machine, now_utc, render_markdown, skipped
@@ -62,6 +65,9 @@ class Plan:
     engine_k: int
     engine_pairs: int
     outside_episodes: int
+    tool_calls: int = 2000
+    """Sequential calls of each kind in figure 12 (tool_figures)."""
+    tool_reps: int = 5
     soak_episodes: int = 32
     """Hostile episodes of figure 8 (hardening_figures.soak)."""
     logprob_prompts: int = 8
@@ -90,6 +96,8 @@ SHORT = Plan(
     engine_pairs=2,
     outside_episodes=2,
     soak_episodes=9,
+    tool_calls=200,
+    tool_reps=1,
 )
 
 
@@ -174,6 +182,9 @@ async def run(plan: Plan, *, engine: bool, engine_skip_reason: str = "") -> list
         await _guarded("rpc_instant", lambda: subcall_figures.rpc_instant(plan.rpc_calls, plan.rpc_reps)),
         await _guarded("hardening", lambda: hardening_figures.hardening(plan.soak_episodes)),
         await _guarded("learner_speed", lambda: _learner_figure(plan is SHORT)),
+        await _guarded(
+            "tool_roundtrip", lambda: tool_figures.tool_roundtrip(plan.tool_calls, plan.tool_reps)
+        ),
     ]
     if engine:
         try:

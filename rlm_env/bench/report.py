@@ -34,6 +34,7 @@ FIGURES = (
     ("collect", "9. Collection throughput"),
     ("learner_speed", "10. Learner throughput vs plain transformers"),
     ("grpo_step", "11. GRPO step: weight sync and time split"),
+    ("tool_roundtrip", "12. Custom tool vs llm_query round trip"),
 )
 """Every figure, in table order: (key, title). The test checks each title appears."""
 

@@ -12,8 +12,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rlm_env.episode.tools import ToolConfig, check_unique
 from rlm_env.models.base import SamplingParams
 from rlm_env.sandbox.config import SandboxConfig
 
@@ -94,6 +95,17 @@ class EpisodeConfig(_Frozen):
     cannot help writing ```python may be given ("repl", "python") (the demo does)."""
     system_prompt: str | None = None
     """Override the built-in root system prompt (it must still explain the REPL)."""
+    tools: tuple[ToolConfig, ...] = ()
+    """Custom tools (Python functions run by the host) for the root's code and/or sub-models,
+    e.g. [[episode.tools]] function = "rlm_env.tools.examples:word_count" (see episode/tools.py)."""
+    max_sub_tool_turns: int = Field(4, ge=0)
+    """Most tool calls one sub-call (llm_query) may make before its reply is taken as final."""
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, tools: tuple[ToolConfig, ...]) -> tuple[ToolConfig, ...]:
+        check_unique(tools)
+        return tools
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EpisodeConfig:

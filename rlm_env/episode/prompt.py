@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlm_env.episode.config import EpisodeConfig
+from rlm_env.episode.tools import root_tools_prompt
 
 SYSTEM_PROMPT = """You answer a question about a long input that you cannot read directly.
 The input is stored in a Python REPL as the variable `context`. Write Python code in ```repl
@@ -69,7 +70,7 @@ def build_root_messages(question: str, meta: dict[str, Any], config: EpisodeConf
         max_sub_calls=config.budget.max_sub_calls,
         cell_timeout=config.sandbox.cell_timeout_s,
         max_output=config.sandbox.max_output_chars,
-    )
+    ) + root_tools_prompt(config.tools)
     user = (
         f"{context_description(meta)}\n\nQuestion: {question}\n\nReply with a ```repl block of Python code."
     )

@@ -101,6 +101,33 @@ class ModelCall(BaseModel):
     num_completion_tokens: int = 0
     error: str | None = None
     """Set when the call failed (an infrastructure failure); the text is empty then."""
+    tool_turns: list[dict[str, Any]] | None = None
+    """For a sub-call that used tools (episode/tools.py): each tool turn before the final reply,
+    {completion_text, tool, arguments, result or error, duration_s}; `messages` then holds the
+    whole exchange. None when no tool was called."""
+
+
+class ToolCall(BaseModel):
+    """One call of a user-declared tool from the root's REPL code (episode/tools.py)."""
+
+    id: str
+    """"tool-3" in the root episode; a child episode prefixes its path ("child-1/tool-1")."""
+    tool: str
+    caller: str = "root"
+    depth: int = 0
+    parent_id: str | None = None
+    """The root call whose code issued it."""
+    cell: int = 0
+    """Index in `EpisodeRecord.cells` of the cell whose code made the call."""
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """The arguments as they arrived (empty when refused before they were checked)."""
+    result: Any = None
+    """The JSON result the REPL received (None on error)."""
+    error: str | None = None
+    """Why the call failed (unknown tool, budget, size, timeout, non-JSON result, the function
+    raised): the REPL got this as ToolError. The model's or the tool's, never infrastructure."""
+    duration_s: float = 0.0
 
 
 class RootSample(BaseModel):
@@ -187,6 +214,9 @@ class EpisodeRecord(BaseModel):
     """The whole root transcript as chat messages (system, user, then replies and observations)."""
     calls: list[ModelCall] = Field(default_factory=list)
     cells: list[CellRecord] = Field(default_factory=list)
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """Custom tool calls made by the root's code, in order (sub-model tool turns live in their
+    sub-call's `ModelCall.tool_turns`)."""
     root_sample: RootSample = Field(default_factory=RootSample)
     answer: AnswerRecord = Field(default_factory=AnswerRecord)
     stop_reason: StopReason | None = None

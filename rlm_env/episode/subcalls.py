@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlm_env.episode.budget import BudgetExceeded
 from rlm_env.episode.record import ModelCall
+from rlm_env.episode.tools import ToolRunner, generate_with_tools, sub_tools_system_message
 from rlm_env.models.base import Completion, ModelError, PromptTooLong, chat_prompt_ids, count_tokens_fallback
 
 if TYPE_CHECKING:
@@ -51,6 +52,11 @@ class SubCallRouter:
         self.episode = episode
         self.run_child = run_child
         self._count = 0
+        self.tools = ToolRunner(episode)
+
+    def tool_specs(self) -> list[dict[str, str]]:
+        """The custom tools the REPL gets stubs for (read by the sandbox host)."""
+        return self.tools.specs()
 
     async def __call__(self, fn: str, args: dict[str, Any]) -> Any:
         started = time.monotonic()
@@ -69,6 +75,8 @@ class SubCallRouter:
             return await self.llm_batch([_prompt(p) for p in prompts], _sampling(args.get("sampling")))
         if fn == "rlm_query":
             return await self.rlm_query(_prompt(args.get("prompt")), _sampling(args.get("sampling")))
+        if fn == "tool":
+            return await self.tools.call(args.get("name"), args.get("args"), args.get("kwargs"))
         raise ValueError(f"unknown sub-call {fn!r}")
 
     async def llm_query(self, prompt: str, sampling: dict[str, Any]) -> str:
@@ -177,6 +185,9 @@ class SubCallRouter:
         ceiling = ep.config.sub_sampling.max_tokens
         params = params.replace(max_tokens=self._max_tokens(min(params.max_tokens, ceiling), prompt_tokens))
         messages = [{"role": "user", "content": prompt}]
+        sub_tools, turns = self.tools.sub_tools(), None
+        if sub_tools:
+            messages.insert(0, sub_tools_system_message(sub_tools))
         pool = ep.ledger.pool
         started = time.monotonic()
         async with pool:
@@ -184,7 +195,12 @@ class SubCallRouter:
                 timeout = max(0.1, min(ep.config.budget.sub_call_timeout_s, pool.seconds_left()))
                 # asyncio.timeout, not wait_for: wait_for wraps every call in an extra task.
                 async with asyncio.timeout(timeout):
-                    completion = await ep.sub_model.generate(messages, params)
+                    if sub_tools:  # the sub-model's tool loop (episode/tools.py)
+                        completion, turns, loop_prompt, loop_completion = await generate_with_tools(
+                            ep.sub_model, messages, params, self.tools, ep.config.max_sub_tool_turns
+                        )
+                    else:
+                        completion = await ep.sub_model.generate(messages, params)
             except (ModelError, TimeoutError) as e:
                 pool.sub_calls_failed += 1
                 if isinstance(e, TimeoutError) and pool.seconds_left() <= 0:
@@ -201,8 +217,13 @@ class SubCallRouter:
                 raise RuntimeError(message) from None
         prompt_tokens = completion.num_prompt_tokens or count_tokens_fallback(prompt)
         completion_tokens = completion.num_completion_tokens or count_tokens_fallback(completion.text)
+        if sub_tools:  # every turn of the loop is charged
+            prompt_tokens = max(prompt_tokens, loop_prompt)
+            completion_tokens = max(completion_tokens, loop_completion)
         pool.add_sub_tokens(prompt_tokens, completion_tokens)
-        ep.record.calls.append(self._call_record(call_id, messages, completion, started))
+        call = self._call_record(call_id, messages, completion, started)
+        call.tool_turns = turns or None
+        ep.record.calls.append(call)
         return completion.text
 
     def _call_record(

@@ -16,6 +16,9 @@ before the work.)
 Argument shapes (the handler receives exactly these):
   llm_query / rlm_query: {"prompt": str, "sampling": dict[str, JSON]}
   llm_batch:             {"prompts": list[str], "sampling": dict[str, JSON]}
+  tool:                  {"name": str, "args": list[JSON], "kwargs": dict[str, JSON]}
+A `tool` call names a custom tool; which names exist, and every limit on them, is the handler's
+business (the sandbox runs nothing itself): an unknown name is refused there, like a bad prompt.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from rlm_env.sandbox.frames import CallFrame, parse_frame
 from rlm_env.sandbox.protocol import clean_text
 
-SUBCALL_FUNCTIONS = ("llm_query", "llm_batch", "rlm_query")
+SUBCALL_FUNCTIONS = ("llm_query", "llm_batch", "rlm_query", "tool")
 _ARG = {"llm_query": "prompt", "rlm_query": "prompt", "llm_batch": "prompts"}
 
 
@@ -47,6 +50,8 @@ def validate_call(
     `max_batch`: most prompts in one llm_batch; `calls_left`: sub-calls the handler would still
     accept. Both are checked on the count alone, before any prompt."""
     fn = frame.get("fn")
+    if fn == "tool":
+        return fn, _validate_tool(frame.get("args"))
     if fn not in _ARG:
         raise SubCallArgumentError(f"unknown sub-call function {clean_text(fn, 50)!r}")
     args = frame.get("args")
@@ -78,6 +83,17 @@ def validate_call(
     if not isinstance(sampling, dict):
         raise SubCallArgumentError(f"{fn}: sampling options must be keyword arguments, got {_type(sampling)}")
     return fn, {name: value, "sampling": dict(sampling)}
+
+
+def _validate_tool(args: Any) -> dict[str, Any]:
+    if not isinstance(args, dict) or set(args) != {"name", "args", "kwargs"}:
+        raise SubCallArgumentError("tool: a call must carry exactly name, args and kwargs")
+    name, pos, kw = args["name"], args["args"], args["kwargs"]
+    if not isinstance(name, str) or not name.isidentifier() or len(name) > 100:
+        raise SubCallArgumentError(f"tool: {clean_text(name, 50)!r} is not a tool name")
+    if not isinstance(pos, list) or not isinstance(kw, dict):
+        raise SubCallArgumentError(f"{name}: positional arguments must be a list, keywords an object")
+    return {"name": name, "args": pos, "kwargs": kw}
 
 
 def _calls_left(handler: Any) -> int | None:

@@ -13,7 +13,7 @@ over a pre-started one), gives it the context, and from then on `run_cell(code)`
   (`SandboxStartError`): that is infrastructure, not the model. Nothing the worker sends makes
   `run_cell`, `lookup_variable` or `show_vars` raise.
 
-Sub-calls from the REPL (`llm_query`, `llm_batch`, `rlm_query`) arrive as `call` frames while a
+Sub-calls from the REPL (`llm_query`, `llm_batch`, `rlm_query`, custom tools) arrive as `call` frames while a
 cell runs; their arguments are validated here (a bad one becomes `SubCallError` in the REPL)
 and then passed to the handler coroutine, which owns budgets and models. Cancelling `run_cell`
 kills the worker; the next call restarts it.
@@ -45,7 +45,8 @@ from rlm_env.sandbox.process import WorkerProcess
 from rlm_env.sandbox.protocol import ProtocolViolation, WorkerDied, clean_text, truncate_middle
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
-"""`async def handler(fn, args)`: fn in {"llm_query", "llm_batch", "rlm_query"}."""
+"""`async def handler(fn, args)`: fn in {"llm_query", "llm_batch", "rlm_query", "tool"}; a
+handler with a `tool_specs()` method ([{"name", "doc"}]) gets REPL stubs for those tools."""
 
 
 @dataclass
@@ -126,11 +127,16 @@ class Sandbox:
 
     async def _attach(self, worker: WorkerProcess) -> None:
         try:
-            await worker.load_context(self.context, self.config.startup_timeout_s)
+            await worker.load_context(self.context, self.config.startup_timeout_s, self._tool_specs())
         except BaseException:
             await worker.kill()
             raise
         self._worker = worker
+
+    def _tool_specs(self) -> list[dict[str, str]]:
+        """Custom tools the REPL gets stubs for: the handler's `tool_specs()`, if it has one."""
+        specs = getattr(self.handler, "tool_specs", None)
+        return list(specs()) if callable(specs) else []
 
     async def _restart(self) -> None:
         if self.closed:  # close() raced a request: do not start a worker nobody will close

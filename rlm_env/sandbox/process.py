@@ -195,12 +195,21 @@ class WorkerProcess:
     async def recv(self) -> dict[str, Any]:
         return await read_frame(self.reader, max_items=self.max_items, op_max_bytes=self.op_max_bytes)
 
-    async def load_context(self, context: PreparedContext, timeout: float) -> float:
-        """Pass the context file's descriptor; returns the worker's load time in seconds."""
+    async def load_context(
+        self, context: PreparedContext, timeout: float, tools: list[dict[str, str]] | None = None
+    ) -> float:
+        """Pass the context file's descriptor (and the custom tools' names and descriptions, for
+        the REPL's stubs); returns the worker's load time in seconds."""
         fd = os.open(context.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             frame = encode_frame(
-                {"op": "init", "kind": context.kind, "ascii": context.ascii, "width": context.char_width}
+                {
+                    "op": "init",
+                    "kind": context.kind,
+                    "ascii": context.ascii,
+                    "width": context.char_width,
+                    "tools": tools or [],
+                }  # fmt: skip
             )
             send_with_fd(self.sock, frame, fd)
         except OSError as e:

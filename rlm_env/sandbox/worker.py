@@ -40,10 +40,8 @@ from rlm_worker_io import (
     install_seccomp,
     map_str,
 )
+from rlm_worker_tools import HELPER_NAMES, ToolError, make_stubs
 
-RESERVED = frozenset(
-    "context llm_query llm_batch rlm_query SubCallError SHOW_VARS FINAL FINAL_VAR answer".split()
-)
 CFG = json.loads(sys.argv[-1])
 CHAN = Channel(CFG["fd"])
 TIMER = Timer(CFG["cell_timeout"])
@@ -161,7 +159,7 @@ def SHOW_VARS():
     return {
         k: type(v).__name__
         for k, v in list(NS.items())
-        if not k.startswith("_") and k not in RESERVED and not isinstance(v, type(sys))
+        if not k.startswith("_") and k not in HELPER_NAMES and not isinstance(v, type(sys))
     }
 
 
@@ -387,7 +385,8 @@ def main():
     main_mod.__dict__.update(
         context=context, llm_query=llm_query, llm_batch=llm_batch, rlm_query=rlm_query,
         SubCallError=SubCallError, SHOW_VARS=SHOW_VARS, FINAL=FINAL, FINAL_VAR=FINAL_VAR,
-        answer={"content": None, "ready": False},
+        answer={"content": None, "ready": False}, ToolError=ToolError,
+        **make_stubs(msg.get("tools"), _call),
     )  # fmt: skip
     sys.modules["__main__"] = main_mod
     NS = main_mod.__dict__
