@@ -192,3 +192,26 @@ def test_config_example_loads():
     assert config.compaction.enabled and config.compaction.keep_last_turns >= 0
     with pytest.raises(ValueError, match="trigger_fraction"):
         config_from_dict({"compaction": {"trigger_fraction": 1.5}})
+
+
+async def test_adapters_read_every_segment(tokenizer):
+    from rlm_env.adapters.trl_rollout import split_root_sample
+    from rlm_env.adapters.verifiers_env import token_view
+
+    record, _ = await run_compacting_episode(tokenizer)
+    segments = record.root_samples()
+    assert len(segments) >= 3
+    # verifiers: one token view per segment, each the segment's sample up to its last sampled
+    # token (the view is built from the calls), with the same mask; no drift flagged.
+    view = token_view(record)
+    assert len(view["segments"]) == len(segments)
+    for part, sample in zip(view["segments"], segments, strict=True):
+        n = len(part["token_ids"])
+        assert part["consistent"] and part["loss_mask"][-1] == 1
+        assert (part["token_ids"], part["loss_mask"]) == (sample.token_ids[:n], sample.loss_mask[:n])
+        assert sum(part["loss_mask"]) == sum(sample.loss_mask)
+    assert view["token_ids"] == view["segments"][0]["token_ids"]
+    # TRL (one sequence per prompt): the first segment, split at the first prompt.
+    prompt, completion, logprobs, mask = split_root_sample(record, tokenizer)
+    assert prompt + completion == segments[0].token_ids
+    assert mask == segments[0].loss_mask[len(prompt) :] and len(logprobs) == len(completion)

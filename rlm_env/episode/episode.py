@@ -128,10 +128,12 @@ class Episode:
         if self.transcript is None and not self.done:
             await self.start()
         while not self.done:
-            await self.compactor.maybe_compact()
+            reason = self._pre_call_stop_reason()
+            # Compact only when the window is all that stands in the way (never before a stop).
+            if reason in (None, "context_window") and await self.compactor.maybe_compact():
+                reason = self._pre_call_stop_reason()
             if self.done:  # the summary call hit the wall clock or an engine failure
                 break
-            reason = self._pre_call_stop_reason()
             if reason:
                 return await self.finish(reason)
             completion = await self._call_root()

@@ -9,6 +9,8 @@ collection, the viewer). One episode = one `EpisodeRecord`, written as one JSON 
 - the root sample (`RootSample`): the append-only root transcript as one token sequence with a
   loss mask (1 on tokens the root model sampled, 0 on prompt/REPL tokens) and aligned logprobs,
   which is exactly what a trainer needs, with no re-rendering of the chat;
+- the root-history compactions (`Compaction`, opt-in): each starts a new root segment with its
+  own messages and sample (`root_samples()`), all trained with the episode's advantage;
 - every executed cell (`CellRecord`), the answer and how it was obtained, the stop reason, the
   budget ledger, flags separating infrastructure failures from model failures, and rewards.
 
