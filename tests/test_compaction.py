@@ -215,3 +215,26 @@ async def test_adapters_read_every_segment(tokenizer):
     prompt, completion, logprobs, mask = split_root_sample(record, tokenizer)
     assert prompt + completion == segments[0].token_ids
     assert mask == segments[0].loss_mask[len(prompt) :] and len(logprobs) == len(completion)
+
+
+async def test_sub_model_summaries_and_summary_failures(tokenizer):
+    task = Task(id="sub-summary", context="abc" * 100, question="What is the sum?", expected_answer="196")
+    # summarizer = "sub": the sub-model writes the summary (here: the request upper-cased).
+    policy = SummarisingPolicy(tokenizer, replies())
+    sub = UpperCaseSubModel()
+    record = await Episode(task, compaction_config(summarizer="sub"), policy, sub).run()
+    assert record.answer.content == 196 and policy.summary_prompts == []
+    summaries = [c for c in record.calls if c.role == "summary"]
+    assert len(summaries) == len(record.compactions) == sub.calls >= 2
+    assert all(c.model == sub.name for c in summaries)
+    assert DEFAULT_COMPACTION_PROMPT.upper() in record.compactions[0].messages[1]["content"]
+
+    # An engine failure of the summary call is the environment's: flagged, stopped, recorded.
+    failing = UpperCaseSubModel(fail_on=DEFAULT_COMPACTION_PROMPT[:40])
+    policy = SummarisingPolicy(tokenizer, replies())
+    record = await Episode(task, compaction_config(summarizer="sub"), policy, failing).run()
+    assert record.stop_reason == "model_error" and record.flags.infra_failure
+    assert record.training_exclusion() == "infra_failure"
+    failed = [c for c in record.calls if c.role == "summary"]
+    assert len(failed) == 1 and failed[0].error and failed[0].finish_reason == "error"
+    assert record.compactions == [] and len(record.root_samples()) == 1

@@ -52,6 +52,10 @@ async def test_real_engine_compaction_keeps_the_invariants(vllm_client):
         *(Episode(TASK, cfg, vllm_client, episode_id=f"compact-{i}", rubric=Rubric()).run() for i in range(2))
     )
     assert any(r.compactions for r in records), [r.stop_reason for r in records]
+    for r in records:  # shown with -s: where each compaction happened and what it saved
+        print(
+            r.episode_id, r.stop_reason, [(c.at_turn, c.tokens_before, c.tokens_after) for c in r.compactions]
+        )
     for record in records:
         assert not record.flags.infra_failure, record.flags
         summaries = [c for c in record.calls if c.role == "summary"]
