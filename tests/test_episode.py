@@ -233,7 +233,7 @@ async def test_trajectory_record_round_trips(tmp_path):
     (back,) = read_records(path)
     assert back == record
     data = json.loads(record.to_json())
-    assert data["schema_version"] == SCHEMA_VERSION == 2
+    assert data["schema_version"] == SCHEMA_VERSION == 3
     assert {"calls", "cells", "root_sample", "answer", "stop_reason", "budget", "flags", "rewards"} <= set(
         data
     )

@@ -97,12 +97,15 @@ def _checkpoint_of(call) -> str:
     return f"v{call.weight_version}" if call.weight_version is not None else "unknown"
 
 
-def root_items(records: list[EpisodeRecord], max_seq_len: int, stats: BatchStats) -> dict[str, TrainItem]:
-    """One item per record with a usable root sample (episode id -> item); reward filled in."""
+def root_items(
+    records: list[EpisodeRecord], max_seq_len: int, stats: BatchStats
+) -> dict[str, list[TrainItem]]:
+    """The root items of each record with usable root samples (episode id -> items, one per
+    root segment: several when its history was compacted); reward filled in."""
     samples, dropped = samples_from_records(records)
     stats.dropped.update(dropped)
     by_id = {r.episode_id: r for r in records}
-    items: dict[str, TrainItem] = {}
+    items: dict[str, list[TrainItem]] = defaultdict(list)
     for s in samples:
         record = by_id[s.episode_id]
         if len(s.token_ids) > max_seq_len:
@@ -111,16 +114,24 @@ def root_items(records: list[EpisodeRecord], max_seq_len: int, stats: BatchStats
         logprobs: list[float | None] = [
             lp if m else None for lp, m in zip(s.logprobs, s.loss_mask, strict=True)
         ]
-        items[s.episode_id] = TrainItem(
-            episode_id=s.episode_id,
-            group=group_key(record),
-            token_ids=list(s.token_ids),
-            loss_mask=list(s.loss_mask),
-            logprobs=logprobs,
-            reward=float(record.rewards.get("reward", 0.0)),
-            checkpoints=sorted({_checkpoint_of(c) for c in record.calls if c.role != "sub"}),
+        items[s.episode_id].append(
+            TrainItem(
+                episode_id=s.episode_id if s.segment == 0 else f"{s.episode_id}:segment-{s.segment}",
+                group=group_key(record),
+                token_ids=list(s.token_ids),
+                loss_mask=list(s.loss_mask),
+                logprobs=logprobs,
+                reward=float(record.rewards.get("reward", 0.0)),
+                checkpoints=sorted(
+                    {
+                        _checkpoint_of(c)
+                        for c in record.calls
+                        if c.role not in ("sub", "summary") and c.segment == s.segment
+                    }
+                ),
+            )
         )
-    return items
+    return dict(items)
 
 
 def sub_call_items(record: EpisodeRecord, advantage: float, max_seq_len: int) -> list[TrainItem]:
@@ -186,8 +197,7 @@ def grpo_items(
             advantage = reward - mean
             if std_normalize:
                 advantage /= std + eps
-            item = roots.get(r.episode_id)
-            if item is not None:
+            for item in roots.get(r.episode_id, []):
                 item.advantage = advantage
                 out.append(item)
             if train_sub_calls:
@@ -211,7 +221,7 @@ def sft_items(
             stats.excluded[reason] += 1
             continue
         kept.append(r)
-    items = list(root_items(kept, max_seq_len, stats).values())
+    items = [item for per_episode in root_items(kept, max_seq_len, stats).values() for item in per_episode]
     stats.items = len(items)
     return items, stats
 

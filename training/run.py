@@ -130,7 +130,7 @@ def episode_metrics(records: list[EpisodeRecord]) -> dict[str, float]:
         )
         / n
     )
-    out["episode/sampled_tokens"] = sum(sum(r.root_sample.loss_mask) for r in records) / n
+    out["episode/sampled_tokens"] = sum(sum(s.loss_mask) for r in records for s in r.root_samples()) / n
     out["episode/wall_s"] = sum(r.wall_time_s for r in records) / n
     return out
 

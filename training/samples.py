@@ -12,6 +12,12 @@ episode is dropped when its sample cannot be trained on as sampled: no engine to
 scripted or text-only policy), or ids that drifted from what the engine consumed. A sample whose
 sampled tokens lack logprobs is kept but says so (`has_logprobs` False): it can be trained on,
 but not importance-weighted against its sampling policy.
+
+An episode whose root history was compacted has several root segments
+(`EpisodeRecord.root_samples()`): each becomes its own sample (`segment` 0, 1, ...) carrying
+the episode's reward and advantage; the group mean is taken over episodes, never over segments,
+so compaction does not weigh an episode more in its group. An episode is dropped whole when any
+of its segments cannot be trained on as sampled.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class TrainingSample:
     """Sampling logprob of each token (None where not sampled, or where the engine gave none)."""
     reward: float
     advantage: float = 0.0
+    segment: int = 0
+    """Which root segment of the episode this is (0 unless its history was compacted)."""
 
     @property
     def has_logprobs(self) -> bool:
@@ -52,33 +60,40 @@ def samples_from_records(records: list[EpisodeRecord]) -> tuple[list[TrainingSam
     """Samples with advantages, and counts of what was dropped and why (keys: the reasons of
     `training_exclusion()`, "no_token_ids", "inconsistent_ids")."""
     dropped: dict[str, int] = defaultdict(int)
-    groups: dict[str, list[TrainingSample]] = defaultdict(list)
+    # group -> one list of segment samples per episode
+    groups: dict[str, list[list[TrainingSample]]] = defaultdict(list)
     for r in records:
         reason = r.training_exclusion()
         if reason is not None:
             dropped[reason] += 1
             continue
-        sample = r.root_sample
-        if not sample.available or not sample.token_ids:
+        segments = r.root_samples()
+        if any(not s.available or not s.token_ids for s in segments):
             dropped["no_token_ids"] += 1
             continue
-        if not sample.consistent:
+        if any(not s.consistent for s in segments):
             dropped["inconsistent_ids"] += 1
             continue
         group = r.task.get("id", r.episode_id)
         groups[group].append(
-            TrainingSample(
-                episode_id=r.episode_id,
-                group=group,
-                token_ids=list(sample.token_ids),
-                loss_mask=list(sample.loss_mask),
-                logprobs=list(sample.logprobs),
-                reward=float(r.rewards["reward"]),
-            )
+            [
+                TrainingSample(
+                    episode_id=r.episode_id,
+                    group=group,
+                    token_ids=list(sample.token_ids),
+                    loss_mask=list(sample.loss_mask),
+                    logprobs=list(sample.logprobs),
+                    reward=float(r.rewards["reward"]),
+                    segment=k,
+                )
+                for k, sample in enumerate(segments)
+            ]
         )
     out: list[TrainingSample] = []
-    for members in groups.values():
-        for s, adv in zip(members, group_advantages([m.reward for m in members]), strict=True):
-            s.advantage = adv
-            out.append(s)
+    for episodes in groups.values():
+        rewards = [segments[0].reward for segments in episodes]
+        for segments, adv in zip(episodes, group_advantages(rewards), strict=True):
+            for s in segments:
+                s.advantage = adv
+                out.append(s)
     return out, dict(dropped)

@@ -32,7 +32,9 @@ What it cannot do: the agent's replies come as text, so the record has no token 
 logprobs for root turns (`root_sample.available` is False) unless the caller's policy is one of
 our engines driven through `rollouts` instead; a vector env runs its episodes through one
 process's engines (SyncVectorEnv) or one engine per worker process (AsyncVectorEnv with a
-"default" sub-model starts one vLLM per worker: mind memory).
+"default" sub-model starts one vLLM per worker: mind memory). Root-history compaction
+(`EpisodeConfig.compaction`) is not applied: the agent owns its own context here, so the record
+has no `compactions` and one root segment.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ The smallest adapter: give it tasks, a root model (a spec such as "default" or a
 `repeats` per task, a GRPO group) on warm sandboxes and yields each `EpisodeRecord` the moment
 it finishes, scored by the rubric. These are exactly the records `rlm-env eval` writes and
 `training/` consumes: root transcript as token ids with a loss mask and logprobs, every sub-call,
-every cell, flags separating infrastructure failures from the model's own.
+every cell, flags separating infrastructure failures from the model's own. With root-history
+compaction on (`EpisodeConfig.compaction`), a record holds one root sample per segment
+(`record.root_samples()`, all with the episode's reward; `training.samples_from_records` turns
+each into a sample with the episode's advantage).
 
     async for record in rlm_env.rollouts(make_tasks("niah", ["8k"], 8), "default", concurrency=4):
         if record.training_exclusion() is None:

@@ -30,7 +30,8 @@ recorded with token ids, and infrastructure failures kept apart from the model's
 
 What it cannot do: SkyRL's own trainer needs GPUs, so here the env is driven by hand (the test);
 the root tokens SkyRL trains on are SkyRL's own (it samples the root), our record holds the
-text of its replies and the sub-calls' token ids.
+text of its replies and the sub-calls' token ids. Root-history compaction
+(`EpisodeConfig.compaction`) is not applied: SkyRL owns the root's context.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ What TRL gets back, one entry per prompt it sent (its `num_generations` repeats 
   chat-template tokens and REPL observations), exactly the ids the episode recorded (no
   re-tokenization); `env_mask` is its loss mask: 1 on tokens the model sampled, 0 on
   observation and template tokens; `logprobs` the sampling logprobs (0.0 on masked-out tokens).
+- Root-history compaction (`EpisodeConfig.compaction`): TRL takes one completion per prompt,
+  so a compacted episode gives TRL its first root segment (the one that starts with the task's
+  prompt); the later segments (`record.root_samples()[1:]`, each a sample with the same
+  advantage) are in `rlm_record` for trainers that take several sequences per episode
+  (`training.samples`). Dropping them loses data but biases nothing.
 - `rlm_rewards` (one dict per prompt) and `rlm_record` (the `EpisodeRecord`) reach reward
   functions as keyword arguments. `reward_funcs()` returns TRL-style functions, one per rubric
   component (`rewards.Rubric`: correctness, format, cost), each returning None for an episode
@@ -227,12 +232,15 @@ def split_root_sample(
 ) -> tuple[list[int], list[int], list[Any], list[int]]:
     """(prompt_ids, completion_ids, logprobs, env_mask) from the record's root transcript.
 
-    The prompt is the first root call's prompt; everything after it is the completion. An
+    The prompt is the first root call's prompt; everything after it in the first root segment
+    (`record.root_sample`) is the completion. An
     episode without engine token ids (it failed before the first call, or a non-token engine)
     gets its task question as the prompt and one masked-out end token as the completion.
     """
     sample = record.root_sample
-    first = next((c for c in record.calls if c.role == "root" and record.call_prompt_ids(c)), None)
+    first = next(
+        (c for c in record.calls if c.role == "root" and c.segment == 0 and record.call_prompt_ids(c)), None
+    )
     first_prompt = record.call_prompt_ids(first) if first is not None else None
     if sample.available and sample.token_ids and first_prompt:
         n = len(first_prompt)

@@ -20,7 +20,7 @@ harness); both resolve lazily, so `import rlm_env` stays light.
   the endpoint for vLLM's `return_token_ids`, which the default eval client relays, so every
   root call in the record carries the engine's prompt and sampled ids and logprobs, and
   `trace.info["rlm_tokens"]` holds the root transcript as one sequence with its loss mask
-  (`token_view`).
+  (`token_view`; one per root segment under `segments` when the history was compacted).
 - Rewards come from `rewards/`: `RLMTask`'s `@vf.reward` methods (`correctness` weight 1;
   `format` and `cost` weight 0, logged) and `@vf.metric`s re-score the stored record with the
   project's `Rubric`, so verifiers' numbers and ours agree.
@@ -136,10 +136,21 @@ def token_view(record: Any) -> dict[str, Any] | None:
     0 on everything else); where the server's re-rendering differs from what was sampled
     (retokenization drift), the sequence restarts from the engine's prompt and `consistent`
     is False, so a trainer can drop it. None when the endpoint returned no token ids.
+
+    A compacted episode (`record.compactions`) has one sequence per root segment: the top-level
+    fields are segment 0's, and `segments` lists every segment's view in order (one entry when
+    nothing was compacted); a new segment starting afresh is not drift.
     """
     roots = [c for c in record.calls if c.role == "root" and c.error is None]
     if not roots or any(record.call_prompt_ids(c) is None or c.completion_token_ids is None for c in roots):
         return None
+    segments: list[dict[str, Any]] = []
+    for segment in sorted({c.segment for c in roots}):
+        segments.append(_segment_view(record, [c for c in roots if c.segment == segment]))
+    return {**segments[0], "segments": segments}
+
+
+def _segment_view(record: Any, roots: list[Any]) -> dict[str, Any]:
     ids: list[int] = []
     mask: list[int] = []
     logprobs: list[float] = []

@@ -72,6 +72,34 @@ class BudgetConfig(_Frozen):
     """Wall-clock limit for the episode tree, in seconds."""
 
 
+DEFAULT_COMPACTION_PROMPT = (
+    "Your context window is nearly full, so the conversation above will be replaced by your own "
+    "summary. The REPL keeps every variable. Write a short summary of what you did and learned: "
+    "the variables that hold results, what is left to do. Do not write code."
+)
+
+
+class CompactionConfig(_Frozen):
+    """Root-history compaction (opt-in): when the root transcript nears the context window, the
+    earlier turns are replaced by a summary the root model writes; the REPL is untouched. Each
+    compaction starts a new root training sample (see docs/record.md, `compactions`)."""
+
+    enabled: bool = False
+    """Compact at all (off by default: a transcript then only grows, and an episode stops with
+    `context_window` when it no longer fits)."""
+    trigger_fraction: float = Field(0.75, gt=0, le=1)
+    """Compact before a root call whose prompt is at least this fraction of
+    `budget.context_window` tokens."""
+    keep_last_turns: int = Field(1, ge=0)
+    """The most recent root turns (reply + REPL output) kept verbatim after the summary."""
+    summary_max_tokens: int = Field(256, gt=0)
+    """Most tokens the summary call may sample."""
+    prompt: str = DEFAULT_COMPACTION_PROMPT
+    """The request appended (as a user message) to the turns being summarised."""
+    summarizer: Literal["root", "sub"] = "root"
+    """Which model writes the summary: the root model itself, or the episode's sub-model."""
+
+
 class EpisodeConfig(_Frozen):
     """Everything one episode runs under."""
 
@@ -106,6 +134,9 @@ class EpisodeConfig(_Frozen):
     def _unique_tools(cls, tools: tuple[ToolConfig, ...]) -> tuple[ToolConfig, ...]:
         check_unique(tools)
         return tools
+
+    compaction: CompactionConfig = CompactionConfig()
+    """Root-history compaction (off by default)."""
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EpisodeConfig:

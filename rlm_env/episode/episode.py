@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm_env.episode.budget import BudgetLedger
+from rlm_env.episode.compaction import Compactor
 from rlm_env.episode.config import EpisodeConfig
 from rlm_env.episode.parsing import no_code_message, parse_reply
 from rlm_env.episode.prompt import build_root_messages, context_meta, describe_cell, format_observation
@@ -89,6 +90,8 @@ class Episode:
             config=config.model_dump(mode="json"),
         )
         self.router = SubCallRouter(self, self._run_child)
+        self.compactor = Compactor(self)
+        """Root-history compaction (a no-op unless `config.compaction.enabled`)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> list[Message]:
@@ -126,6 +129,11 @@ class Episode:
             await self.start()
         while not self.done:
             reason = self._pre_call_stop_reason()
+            # Compact only when the window is all that stands in the way (never before a stop).
+            if reason in (None, "context_window") and await self.compactor.maybe_compact():
+                reason = self._pre_call_stop_reason()
+            if self.done:  # the summary call hit the wall clock or an engine failure
+                break
             if reason:
                 return await self.finish(reason)
             completion = await self._call_root()
@@ -218,8 +226,7 @@ class Episode:
         flags.model_failure = self.record.answer.status == "none" and not flags.infra_failure
         self.record.budget = self.ledger.snapshot()
         if self.transcript is not None:
-            self.record.root_sample = self.transcript.sample
-            self.record.root_messages = [dict(m) for m in self.transcript.messages]
+            self.compactor.store(self.record, self.transcript)
             self.record.store_root_prompts_once()
         self.record.wall_time_s = round(time.monotonic() - self._started, 4) if self._started else 0.0
         if self.rubric is not None and not self.record.rewards:
@@ -315,6 +322,7 @@ class Episode:
                 depth=self.depth,
                 parent_id=self.parent_call_id,
                 num_messages=len(self.transcript.messages),
+                segment=self.compactor.segment,
                 completion_text=c.text,
                 prompt_token_ids=c.prompt_token_ids,
                 completion_token_ids=c.completion_token_ids,

@@ -9,6 +9,8 @@ collection, the viewer). One episode = one `EpisodeRecord`, written as one JSON 
 - the root sample (`RootSample`): the append-only root transcript as one token sequence with a
   loss mask (1 on tokens the root model sampled, 0 on prompt/REPL tokens) and aligned logprobs,
   which is exactly what a trainer needs, with no re-rendering of the chat;
+- the root-history compactions (`Compaction`, opt-in): each starts a new root segment with its
+  own messages and sample (`root_samples()`), all trained with the episode's advantage;
 - every executed cell (`CellRecord`), the answer and how it was obtained, the stop reason, the
   budget ledger, flags separating infrastructure failures from model failures, and rewards.
 
@@ -35,12 +37,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2
-"""2: root turns keep their messages once in `root_messages` and their prompt ids as a prefix of
+SCHEMA_VERSION = 3
+"""3: root-history compaction: `compactions` (each with its own root sample and messages),
+`ModelCall.segment`, the "summary" call role; version 2 records read unchanged (no compaction).
+2: root turns keep their messages once in `root_messages` and their prompt ids as a prefix of
 `root_sample` (`ModelCall.num_messages`, `prompt_in_sample`); logprobs may be null (absent);
 `ModelCall.checkpoint`; sub-call ids always recorded; call ids unique across the tree."""
 
-Role = Literal["root", "sub", "child"]
+Role = Literal["root", "sub", "child", "summary"]
+READABLE_SCHEMA_VERSIONS = (2, 3)
+"""Versions `check_record` accepts: 2 is 3 without compaction (every new field has its default)."""
 AnswerStatus = Literal["confirmed", "fallback_text", "extracted", "none"]
 StopReason = Literal[
     "answer",
@@ -128,6 +134,9 @@ class ToolCall(BaseModel):
     """Why the call failed (unknown tool, budget, size, timeout, non-JSON result, the function
     raised): the REPL got this as ToolError. The model's or the tool's, never infrastructure."""
     duration_s: float = 0.0
+    segment: int = 0
+    """Root and child turns: which root segment holds the prompt (0 before any compaction, k
+    after the k-th; see `EpisodeRecord.root_samples`). Summary calls: the segment summarised."""
 
 
 class RootSample(BaseModel):
@@ -145,6 +154,26 @@ class RootSample(BaseModel):
     want to drop it."""
     available: bool = False
     """False when the root engine did not return token ids (e.g. scripted policy)."""
+
+
+class Compaction(BaseModel):
+    """One root-history compaction: the earlier turns were replaced by a model-written summary
+    and a new root segment (a new training sample) began. The REPL was untouched."""
+
+    at_turn: int
+    """Root turns taken before it (the next root call, `root-<at_turn>`, is the new segment's first)."""
+    tokens_before: int
+    """Prompt tokens of the transcript that was compacted."""
+    tokens_after: int
+    """Prompt tokens of the new segment's first prompt (system, question + summary, kept turns)."""
+    kept_turns: int
+    """Earlier turns kept verbatim after the summary."""
+    summary_call_id: str
+    """The `ModelCall` (role "summary") that wrote the summary."""
+    messages: list[dict[str, str]] = Field(default_factory=list)
+    """The new segment's chat messages (append-only within the segment), like `root_messages`."""
+    sample: RootSample = Field(default_factory=RootSample)
+    """The new segment's token sample, like `root_sample`."""
 
 
 class CellRecord(BaseModel):
@@ -227,6 +256,9 @@ class EpisodeRecord(BaseModel):
     """Reward components and the weighted total ("reward"), filled in by a rubric."""
     children: list[EpisodeRecord] = Field(default_factory=list)
     """Child episodes started by rlm_query, in order."""
+    compactions: list[Compaction] = Field(default_factory=list)
+    """Root-history compactions, in order; compaction k holds root segment k (segment 0 is
+    `root_messages`/`root_sample`). Empty when compaction is off or never triggered."""
     started_at: float = 0.0
     wall_time_s: float = 0.0
     model_time_s: float = 0.0
@@ -256,12 +288,13 @@ class EpisodeRecord(BaseModel):
         append-only): point into it instead of repeating them, which made records grow with the
         square of the turn count. A prompt that is not such a prefix (drift, a reset sample)
         keeps its own ids."""
-        sample = self.root_sample.token_ids
+        samples = self.root_samples()
         for call in self.calls:
             ids = call.prompt_token_ids
-            if call.role == "sub" or ids is None or len(ids) > len(sample):
+            if call.role in ("sub", "summary") or ids is None or call.segment >= len(samples):
                 continue
-            if sample[: len(ids)] == ids:
+            sample = samples[call.segment].token_ids
+            if len(ids) <= len(sample) and sample[: len(ids)] == ids:
                 call.prompt_token_ids, call.prompt_in_sample = None, True
                 call.num_prompt_tokens = len(ids)
 
@@ -270,16 +303,27 @@ class EpisodeRecord(BaseModel):
         if call.prompt_token_ids is not None:
             return list(call.prompt_token_ids)
         if call.prompt_in_sample:
-            return self.root_sample.token_ids[: call.num_prompt_tokens]
+            return self.root_samples()[call.segment].token_ids[: call.num_prompt_tokens]
         return None
+
+    def root_samples(self) -> list[RootSample]:
+        """Every root segment's sample in order: `root_sample`, then one per compaction. A
+        trainer trains on each (they share the episode's reward and advantage)."""
+        return [self.root_sample] + [c.sample for c in self.compactions]
+
+    def segment_messages(self, segment: int) -> list[dict[str, str]]:
+        """The chat messages of root segment `segment` (a root call's prompt is
+        `segment_messages(call.segment)[:call.num_messages]`)."""
+        return self.root_messages if segment == 0 else self.compactions[segment - 1].messages
 
 
 def check_record(data: dict[str, Any]) -> EpisodeRecord:
     """Parse one record, refusing a schema version this code does not know."""
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
         raise ValueError(
-            f"trajectory schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+            f"trajectory schema_version {version!r} is not supported "
+            f"(expected one of {READABLE_SCHEMA_VERSIONS})"
         )
     return EpisodeRecord.model_validate(data)
 
