@@ -111,6 +111,9 @@ class ModelCall(BaseModel):
     """For a sub-call that used tools (episode/tools.py): each tool turn before the final reply,
     {completion_text, tool, arguments, result or error, duration_s}; `messages` then holds the
     whole exchange. None when no tool was called."""
+    segment: int = 0
+    """Root and child turns: which root segment holds the prompt (0 before any compaction, k
+    after the k-th; see `EpisodeRecord.root_samples`). Summary calls: the segment summarised."""
 
 
 class ToolCall(BaseModel):
@@ -134,9 +137,6 @@ class ToolCall(BaseModel):
     """Why the call failed (unknown tool, budget, size, timeout, non-JSON result, the function
     raised): the REPL got this as ToolError. The model's or the tool's, never infrastructure."""
     duration_s: float = 0.0
-    segment: int = 0
-    """Root and child turns: which root segment holds the prompt (0 before any compaction, k
-    after the k-th; see `EpisodeRecord.root_samples`). Summary calls: the segment summarised."""
 
 
 class RootSample(BaseModel):
