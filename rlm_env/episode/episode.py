@@ -368,10 +368,13 @@ class Episode:
             parent_call_id=self.current_root_call_id,
             call_prefix=f"{self.call_prefix}child-{index}/",
         )
-        record = await child.run()
+        try:
+            record = await child.run()
+        finally:
+            child.ledger.settle_child()  # the unspent allotment returns, or is charged (config)
+        record.budget = child.ledger.snapshot()
         self.record.children.append(record)
-        pool = self.ledger.pool
-        pool.add_sub_tokens(
+        self.ledger.add_sub_tokens(  # the child's own root tokens count in this subtree and the pool
             record.budget.get("root_prompt_tokens", 0), record.budget.get("root_completion_tokens", 0)
         )
         if record.flags.infra_failure:

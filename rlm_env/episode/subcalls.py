@@ -80,7 +80,7 @@ class SubCallRouter:
     def sub_calls_left(self) -> int:
         """Read by the sandbox host to refuse an over-budget batch frame by its count, before
         its prompts are parsed (the budget is charged before the work)."""
-        return self.episode.ledger.pool.sub_calls_left()
+        return self.episode.ledger.sub_calls_left()
 
     async def llm_batch(self, prompts: list[str], sampling: dict[str, Any]) -> list[str]:
         left = self.sub_calls_left()
@@ -155,8 +155,7 @@ class SubCallRouter:
     def _max_tokens(self, requested: int, prompt_tokens: int | None) -> int:
         """Cap what the code asked for: the configured ceiling, the sub-token budget left, and
         the room left in the window. Never more than the model is allowed to spend."""
-        budget, pool = self.episode.config.budget, self.episode.ledger.pool
-        tokens_left = budget.max_sub_tokens - pool.sub_prompt_tokens - pool.sub_completion_tokens
+        tokens_left = self.episode.ledger.sub_tokens_left()  # the pool's, or a child's allotment
         cap = min(requested, max(1, tokens_left))
         window = self._window()
         if window is not None and prompt_tokens is not None:
@@ -165,7 +164,7 @@ class SubCallRouter:
 
     def _reserve(self, n: int) -> None:
         try:
-            self.episode.ledger.pool.reserve_sub_calls(n)
+            self.episode.ledger.reserve_sub_calls(n)
         except BudgetExceeded as e:
             raise RuntimeError(f"sub-call budget: {e}") from None
 
@@ -201,7 +200,7 @@ class SubCallRouter:
                 raise RuntimeError(message) from None
         prompt_tokens = completion.num_prompt_tokens or count_tokens_fallback(prompt)
         completion_tokens = completion.num_completion_tokens or count_tokens_fallback(completion.text)
-        pool.add_sub_tokens(prompt_tokens, completion_tokens)
+        ep.ledger.add_sub_tokens(prompt_tokens, completion_tokens)
         ep.record.calls.append(self._call_record(call_id, messages, completion, started))
         return completion.text
 

@@ -53,7 +53,10 @@ BOOT = (
     "m = type(sys)('rlm_worker_io')\n"
     "exec(compile(sys.argv[1], '<rlm-worker-io>', 'exec'), m.__dict__)\n"
     "sys.modules['rlm_worker_io'] = m\n"
-    "exec(compile(sys.argv[2], '<rlm-worker>', 'exec'), {'__name__': 'rlm_worker'})\n"
+    "x = type(sys)('rlm_worker_extras')\n"
+    "exec(compile(sys.argv[2], '<rlm-worker-extras>', 'exec'), x.__dict__)\n"
+    "sys.modules['rlm_worker_extras'] = x\n"
+    "exec(compile(sys.argv[3], '<rlm-worker>', 'exec'), {'__name__': 'rlm_worker'})\n"
 )
 RLIMIT_WARNING = (
     "The REPL sandbox is running in rlimit-only mode{why}: model-written code runs as a plain "
@@ -83,9 +86,9 @@ class LaunchSpec:
 
 
 @functools.cache
-def _sources() -> tuple[str, str]:
+def _sources() -> tuple[str, str, str]:
     here = Path(__file__).parent
-    return (here / "worker_io.py").read_text(), (here / "worker.py").read_text()
+    return tuple((here / name).read_text() for name in ("worker_io.py", "worker_extras.py", "worker.py"))  # type: ignore[return-value]
 
 
 def _site_dirs() -> list[str]:
@@ -308,11 +311,11 @@ def build_launch(config: SandboxConfig, mode: str, sock_fd: int) -> LaunchSpec:
         "max_batch": config.max_batch_prompts,
         "site": site,
     }
-    io_src, worker_src = _sources()
+    io_src, extras_src, worker_src = _sources()
     argv = [*prefix]
     if prefix:
         argv.append("--")
-    argv += [exe, *PY_FLAGS, "-c", BOOT, io_src, worker_src, json.dumps(worker_cfg)]
+    argv += [exe, *PY_FLAGS, "-c", BOOT, io_src, extras_src, worker_src, json.dumps(worker_cfg)]
     return LaunchSpec(
         argv=argv,
         env=_env(mode, tmp, config.pythonhashseed),
