@@ -156,3 +156,14 @@ def test_ledger_allotments_chain_and_refuse_with_the_reason():
     with pytest.raises(BudgetExceeded, match="depth 1"):
         child.reserve_sub_calls(1)
     assert ledger.pool.sub_calls == 5 and ledger.sub_calls_left() == 5
+
+
+@pytest.mark.parametrize("name", ["recursion", "async-subcalls", "conversation"])
+def test_issue_14_config_examples_load(name):
+    from pathlib import Path
+
+    from rlm_env.episode import load_config
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / f"{name}.toml")
+    if name == "recursion":
+        assert cfg.budget.max_depth == 3 and cfg.budget.child_budget_fraction == 0.5
