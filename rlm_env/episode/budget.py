@@ -5,6 +5,15 @@ the wall clock are shared by the whole tree (a child episode started by `rlm_que
 the same pool: "the remaining budget"). Every check happens on the host, so nothing the REPL
 code does (replacing `llm_query`, forging frames) can spend more than the ledger allows.
 
+A child may be held to a share of what its parent has left (`child_budget_fraction`): its
+ledger then carries an `allotment` of sub-calls and sub-call tokens, fixed when the child
+starts, that it and its own descendants together may not exceed; every reservation is checked
+against each allotment up the chain before the pool, and counted in each. What a child leaves
+unspent returns to the pool, or is charged to it when the child ends
+(`child_unused_budget="forfeited"`). Sub-call tokens are counted after the call, so a child
+can overrun its token allotment by at most the tokens of the calls it had in flight (its
+calls' `max_tokens` is capped by what is left, see SubCallRouter._max_tokens).
+
 `snapshot()` is what goes into the record: every limit beside every figure spent.
 """
 
@@ -96,16 +105,101 @@ class BudgetLedger:
     root_prompt_tokens: int = 0
     root_completion_tokens: int = 0
     last_prompt_tokens: int = 0
+    parent: BudgetLedger | None = None
+    allotment: dict[str, int] | None = None
+    """A child's share: {"sub_calls": n, "sub_tokens": t} it and its descendants may spend."""
+    subtree_sub_calls: int = 0
+    """Sub-calls reserved by this episode and its descendants."""
+    subtree_sub_tokens: int = 0
+    forfeited_sub_calls: int = 0
+    forfeited_sub_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.pool is None:
             self.pool = SharedPool(self.config)
 
+    def _chain(self) -> list[BudgetLedger]:
+        out, node = [], self
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
     def child(self) -> BudgetLedger:
-        """A ledger for a child episode: its own turns, the same shared pool."""
+        """A ledger for a child episode: its own turns, the same shared pool, and (when
+        `child_budget_fraction` < 1) an allotment of what this ledger has left."""
         assert self.pool is not None
         self.pool.children += 1
-        return BudgetLedger(self.config, depth=self.depth + 1, pool=self.pool)
+        allotment = None
+        if self.config.child_budget_fraction < 1.0:
+            share = self.config.child_budget_fraction
+            allotment = {
+                "sub_calls": max(1, int(self.sub_calls_left() * share)),
+                "sub_tokens": max(1, int(self.sub_tokens_left() * share)),
+            }
+        return BudgetLedger(
+            self.config, depth=self.depth + 1, pool=self.pool, parent=self, allotment=allotment
+        )
+
+    def sub_calls_left(self) -> int:
+        """What the pool and every allotment up the chain still allow."""
+        assert self.pool is not None
+        left = self.pool.sub_calls_left()
+        for node in self._chain():
+            if node.allotment is not None:
+                left = min(left, node.allotment["sub_calls"] - node.subtree_sub_calls)
+        return left
+
+    def sub_tokens_left(self) -> int:
+        assert self.pool is not None
+        left = self.config.max_sub_tokens - self.pool.sub_prompt_tokens - self.pool.sub_completion_tokens
+        for node in self._chain():
+            if node.allotment is not None:
+                left = min(left, node.allotment["sub_tokens"] - node.subtree_sub_tokens)
+        return left
+
+    def reserve_sub_calls(self, n: int) -> None:
+        """Count n sub-calls against every allotment up the chain and the pool, or refuse."""
+        assert self.pool is not None
+        if n <= 0:
+            return
+        for node in self._chain():
+            if node.allotment is None:
+                continue
+            calls_left = node.allotment["sub_calls"] - node.subtree_sub_calls
+            if n > calls_left:
+                raise BudgetExceeded(
+                    f"{n} sub-call(s) requested but only {max(calls_left, 0)} of the "
+                    f"{node.allotment['sub_calls']} allotted to the child RLM at depth {node.depth} remain"
+                )
+            if node.subtree_sub_tokens >= node.allotment["sub_tokens"]:
+                raise BudgetExceeded(
+                    f"the child RLM at depth {node.depth} spent its sub-call token allotment "
+                    f"({node.subtree_sub_tokens} of {node.allotment['sub_tokens']})"
+                )
+        self.pool.reserve_sub_calls(n)
+        for node in self._chain():
+            node.subtree_sub_calls += n
+
+    def add_sub_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        assert self.pool is not None
+        self.pool.add_sub_tokens(prompt_tokens, completion_tokens)
+        for node in self._chain():
+            node.subtree_sub_tokens += prompt_tokens + completion_tokens
+
+    def settle_child(self) -> None:
+        """When this child ends: charge its unspent allotment if the config forfeits it."""
+        assert self.pool is not None
+        if self.allotment is None or self.config.child_unused_budget != "forfeited":
+            return
+        calls = max(0, self.allotment["sub_calls"] - self.subtree_sub_calls)
+        tokens = max(0, self.allotment["sub_tokens"] - self.subtree_sub_tokens)
+        self.forfeited_sub_calls, self.forfeited_sub_tokens = calls, tokens
+        self.pool.sub_calls += calls  # may pass max_sub_calls: nothing is left then
+        self.pool.sub_completion_tokens += tokens
+        for node in self._chain()[1:]:
+            node.subtree_sub_calls += calls
+            node.subtree_sub_tokens += tokens
 
     def can_recurse(self) -> bool:
         return self.depth + 1 < self.config.max_depth
@@ -146,5 +240,10 @@ class BudgetLedger:
             "sub_completion_tokens": pool.sub_completion_tokens,
             "peak_concurrent_sub_calls": pool.peak_concurrent_sub_calls,
             "child_episodes": pool.children,
+            "allotment": self.allotment,
+            "subtree_sub_calls": self.subtree_sub_calls,
+            "subtree_sub_tokens": self.subtree_sub_tokens,
+            "forfeited_sub_calls": self.forfeited_sub_calls,
+            "forfeited_sub_tokens": self.forfeited_sub_tokens,
             "wall_clock_s": round(time.monotonic() - pool.started, 4),
         }

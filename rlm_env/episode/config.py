@@ -70,6 +70,18 @@ class BudgetConfig(_Frozen):
     paper's setting) means sub-calls are plain model calls, 2 allows one level of child RLMs."""
     wall_clock_s: float = Field(900.0, gt=0)
     """Wall-clock limit for the episode tree, in seconds."""
+    child_budget_fraction: float = Field(1.0, gt=0, le=1)
+    """Share of what its parent has left (sub-calls and sub-call tokens, counted over the
+    parent's own allotment when it has one) that a child RLM started by `rlm_query` may spend,
+    it and its own children together: 0.5 lets a child use at most half of the parent's
+    remaining sub-calls. Fixed when the child starts (at least one sub-call); recorded as the
+    child's `budget.allotment`. 1.0 (the default) is the paper's shared pool. Turns, the
+    window and the wall clock are not split: each child has its own turns, the wall clock is
+    the tree's."""
+    child_unused_budget: Literal["returns", "forfeited"] = "returns"
+    """What happens to the part of a child's allotment it did not use: "returns" to the
+    parent's pool (nothing is charged for it), or is "forfeited" (charged to the pool as
+    spent when the child ends, so a child's allotment is its true cost)."""
 
 
 DEFAULT_COMPACTION_PROMPT = (

@@ -64,6 +64,7 @@ class Episode:
         sandbox_pool: SandboxPool | None = None,
         rubric: Any | None = None,
         call_prefix: str = "",
+        sandbox: Sandbox | None = None,
     ):
         self.task = task
         self.config = config
@@ -79,7 +80,12 @@ class Episode:
         """Prefix of this episode's call ids ("child-1/" for the first child), so ids are
         unique across the episode tree."""
         self.current_root_call_id: str | None = None
-        self.sandbox: Sandbox | None = None
+        self.sandbox: Sandbox | None = sandbox
+        self._borrowed_sandbox = sandbox is not None
+        """A `Conversation`'s sandbox: used (its handler set to this episode's router), never
+        closed here; its contexts are the task's."""
+        self.prompt_note: str | None = None
+        """Appended to the first user message (a conversation's note about history_N)."""
         self.transcript: RootTranscript | None = None
         self.done = False
         self._started = 0.0
@@ -98,14 +104,28 @@ class Episode:
         """Prepare the context and the sandbox; return the root model's first messages."""
         self._started = time.monotonic()
         self.record.started_at = time.time()
-        prepared = await asyncio.to_thread(prepare_context, self.task.context)
+        if self.sandbox is not None:  # borrowed: its contexts are prepared already
+            prepared, more = self.sandbox.context, self.sandbox.more_contexts
+        else:
+            prepared, *rest = await asyncio.gather(
+                *(
+                    asyncio.to_thread(prepare_context, c)
+                    for c in (self.task.context, *self.task.more_contexts)
+                )
+            )
+            more = tuple(rest)
         meta = context_meta(prepared)
         self.record.context_meta = meta
+        more_metas = [context_meta(c) for c in more]
+        if more_metas:
+            self.record.contexts_meta = [meta, *more_metas]
         try:
-            if self.sandbox_pool is not None:
-                self.sandbox = await self.sandbox_pool.acquire(prepared, self.router)
+            if self.sandbox is not None:
+                self.sandbox.handler = self.router
+            elif self.sandbox_pool is not None:
+                self.sandbox = await self.sandbox_pool.acquire(prepared, self.router, more)
             else:
-                self.sandbox = await Sandbox.start(self.config.sandbox, prepared, self.router)
+                self.sandbox = await Sandbox.start(self.config.sandbox, prepared, self.router, more)
         except Exception as e:  # noqa: BLE001 - any failure to start is the environment's
             self.flag_infra(f"sandbox failed to start: {type(e).__name__}: {e}")
             self.done = True
@@ -116,7 +136,9 @@ class Episode:
         self.sandbox.discard_context_on_close = self.depth > 0
         self.record.sandbox_mode = self.sandbox.mode
         self.record.flags.sandbox_mode_warning = self.sandbox.mode_warning
-        messages = build_root_messages(self.task.question, meta, self.config)
+        messages = build_root_messages(self.task.question, meta, self.config, more_metas)
+        if self.prompt_note:
+            messages[-1]["content"] += "\n\n" + self.prompt_note
         tokenizer = getattr(self.root_model, "tokenizer", None)
         if not getattr(self.root_model, "supports_token_prompts", False):
             tokenizer = None
@@ -238,7 +260,8 @@ class Episode:
     async def close(self) -> None:
         if self.sandbox is not None:
             sandbox, self.sandbox = self.sandbox, None
-            await sandbox.close()
+            if not self._borrowed_sandbox:
+                await sandbox.close()
 
     async def __aenter__(self) -> Episode:
         return self
@@ -376,10 +399,13 @@ class Episode:
             parent_call_id=self.current_root_call_id,
             call_prefix=f"{self.call_prefix}child-{index}/",
         )
-        record = await child.run()
+        try:
+            record = await child.run()
+        finally:
+            child.ledger.settle_child()  # the unspent allotment returns, or is charged (config)
+        record.budget = child.ledger.snapshot()
         self.record.children.append(record)
-        pool = self.ledger.pool
-        pool.add_sub_tokens(
+        self.ledger.add_sub_tokens(  # the child's own root tokens count in this subtree and the pool
             record.budget.get("root_prompt_tokens", 0), record.budget.get("root_completion_tokens", 0)
         )
         if record.flags.infra_failure:

@@ -36,12 +36,12 @@ print(len(context), context[:200])
 ```"""
 
 
-def context_description(meta: dict[str, Any], max_items_listed: int = 20) -> str:
-    """Describe `context` from its metadata: type, total length, item lengths, a prefix."""
+def context_description(meta: dict[str, Any], max_items_listed: int = 20, name: str = "context") -> str:
+    """Describe `context` (or `name`) from its metadata: type, length, item lengths, a prefix."""
     type_name = meta.get("type_name", "str")
     length = meta.get("length", 0)
     size_bytes = meta.get("size_bytes", 0)
-    lines = [f"`context` is a {type_name}"]
+    lines = [f"`{name}` is a {type_name}"]
     if type_name == "str":
         lines[0] += f" of {length:,} characters ({size_bytes:,} bytes)."
     else:
@@ -61,8 +61,21 @@ def context_description(meta: dict[str, Any], max_items_listed: int = 20) -> str
     return "\n".join(lines)
 
 
-def build_root_messages(question: str, meta: dict[str, Any], config: EpisodeConfig) -> list[dict[str, str]]:
-    """The first two messages of every root transcript."""
+def contexts_description(metas: list[dict[str, Any]]) -> str:
+    """Several inputs: how many, then each described as context_i (shorter prefixes)."""
+    head = (
+        f"There are {len(metas)} inputs, bound as `context_0` ... `context_{len(metas) - 1}` "
+        "(`context` is `context_0`)."
+    )
+    parts = [context_description({**m, "prefix": m.get("prefix", "")[:200]}, 10, f"context_{i}")
+             for i, m in enumerate(metas)]  # fmt: skip
+    return "\n\n".join([head, *parts])
+
+
+def build_root_messages(
+    question: str, meta: dict[str, Any], config: EpisodeConfig, more_metas: list[dict[str, Any]] | None = None
+) -> list[dict[str, str]]:
+    """The first two messages of every root transcript (`more_metas`: further inputs)."""
     template = config.system_prompt or SYSTEM_PROMPT
     system = template.format(
         context_type=meta.get("type_name", "str"),
@@ -71,9 +84,8 @@ def build_root_messages(question: str, meta: dict[str, Any], config: EpisodeConf
         cell_timeout=config.sandbox.cell_timeout_s,
         max_output=config.sandbox.max_output_chars,
     ) + root_tools_prompt(config.tools)
-    user = (
-        f"{context_description(meta)}\n\nQuestion: {question}\n\nReply with a ```repl block of Python code."
-    )
+    described = contexts_description([meta, *more_metas]) if more_metas else context_description(meta)
+    user = f"{described}\n\nQuestion: {question}\n\nReply with a ```repl block of Python code."
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 

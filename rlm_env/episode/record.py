@@ -238,6 +238,13 @@ class EpisodeRecord(BaseModel):
     task: dict[str, Any]
     config: dict[str, Any]
     context_meta: dict[str, Any] = Field(default_factory=dict)
+    contexts_meta: list[dict[str, Any]] = Field(default_factory=list)
+    """A task with several inputs: the metadata of each (context_0 first, the same as
+    `context_meta`), in order; empty for a task with one context."""
+    conversation_id: str | None = None
+    """Set when this episode is one question of a `Conversation` (one REPL kept across them)."""
+    conversation_index: int | None = None
+    """Its question's place in the conversation (0 first); earlier answers are `history_N`."""
     sandbox_mode: str = ""
     root_messages: list[dict[str, str]] = Field(default_factory=list)
     """The whole root transcript as chat messages (system, user, then replies and observations)."""

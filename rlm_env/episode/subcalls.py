@@ -88,7 +88,7 @@ class SubCallRouter:
     def sub_calls_left(self) -> int:
         """Read by the sandbox host to refuse an over-budget batch frame by its count, before
         its prompts are parsed (the budget is charged before the work)."""
-        return self.episode.ledger.pool.sub_calls_left()
+        return self.episode.ledger.sub_calls_left()
 
     async def llm_batch(self, prompts: list[str], sampling: dict[str, Any]) -> list[str]:
         left = self.sub_calls_left()
@@ -163,8 +163,7 @@ class SubCallRouter:
     def _max_tokens(self, requested: int, prompt_tokens: int | None) -> int:
         """Cap what the code asked for: the configured ceiling, the sub-token budget left, and
         the room left in the window. Never more than the model is allowed to spend."""
-        budget, pool = self.episode.config.budget, self.episode.ledger.pool
-        tokens_left = budget.max_sub_tokens - pool.sub_prompt_tokens - pool.sub_completion_tokens
+        tokens_left = self.episode.ledger.sub_tokens_left()  # the pool's, or a child's allotment
         cap = min(requested, max(1, tokens_left))
         window = self._window()
         if window is not None and prompt_tokens is not None:
@@ -173,7 +172,7 @@ class SubCallRouter:
 
     def _reserve(self, n: int) -> None:
         try:
-            self.episode.ledger.pool.reserve_sub_calls(n)
+            self.episode.ledger.reserve_sub_calls(n)
         except BudgetExceeded as e:
             raise RuntimeError(f"sub-call budget: {e}") from None
 
@@ -220,7 +219,7 @@ class SubCallRouter:
         if sub_tools:  # every turn of the loop is charged
             prompt_tokens = max(prompt_tokens, loop_prompt)
             completion_tokens = max(completion_tokens, loop_completion)
-        pool.add_sub_tokens(prompt_tokens, completion_tokens)
+        ep.ledger.add_sub_tokens(prompt_tokens, completion_tokens)
         call = self._call_record(call_id, messages, completion, started)
         call.tool_turns = turns or None
         ep.record.calls.append(call)

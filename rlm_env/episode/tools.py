@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from rlm_env.models.base import Completion, SamplingParams
 
 RESERVED_NAMES = frozenset(
-    "context llm_query llm_batch rlm_query SubCallError ToolError SHOW_VARS FINAL FINAL_VAR answer "
+    "context llm_query llm_batch rlm_query SubCallError ToolError SHOW_VARS FINAL FINAL_VAR answer llm_query_async llm_batch_async rlm_query_async "
     "print len str int dict list open exec eval input help".split()
 )
 """Names a tool may not take: the REPL's own helpers and the builtins code leans on most."""

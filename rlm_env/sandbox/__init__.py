@@ -16,8 +16,8 @@ by the tests named after it in tests/test_escape_*.py (and tests/test_sandbox_po
 2. Nothing is writable but a private, size-capped /tmp (one per sandbox), and no file may exceed
    `max_file_size_mb`. [test_cannot_write_outside_tmp, test_tmp_is_private_per_sandbox,
    test_tmp_and_file_sizes_are_bounded]
-3. The context is read-only and private. The worker receives one O_RDONLY descriptor, never a
-   path or a directory, reads it (or maps it copy-on-write) and closes it; the shared
+3. The context is read-only and private. The worker receives one O_RDONLY descriptor per input
+   (a task with several has context_0 ... context_N), never a path or a directory, reads it (or maps it copy-on-write) and closes it; the shared
    content-addressed file cannot be changed, not even by writing into the `context` str that
    shares its pages (of any width: 1, 2 or 4 bytes a character), and another episode's context
    cannot be found. Symlinks in a ContextDir are never followed.
@@ -76,6 +76,12 @@ by the tests named after it in tests/test_escape_*.py (and tests/test_sandbox_po
    test_forged_result_fields_are_protocol_violations, test_a_forged_lookup_cannot_pass_the_answer_cap,
    test_a_64_mb_frame_of_empty_objects_does_not_balloon_the_host,
    test_huge_llm_batch_frames_do_not_stall_a_bystander, test_batches_over_the_limits_are_refused_before_the_handler]
+   Async sub-calls (`await llm_query_async(...)`) travel as the same `call` frames: a forged id
+   (negative, huge, not an int) is a violation, calls sent out of id order are each answered
+   under their own id, and host-only ops (`bind`, `call_result`) sent by the worker are
+   violations. [tests/test_contexts_sandbox.py: test_forged_async_call_frames_with_hostile_ids_are_violations,
+   test_out_of_order_call_ids_are_each_answered_under_their_own_id,
+   test_host_side_ops_sent_by_the_worker_are_violations]
 10. No host secrets in the environment (it is rebuilt from scratch, without PATH), and /dev holds
    only null, zero, full, random, urandom, tty, shm (not writable), an empty read-only pts (so
    /dev/ptmx leads nowhere) and the fd links. [test_environment_is_scrubbed, test_dev_is_minimal]

@@ -95,8 +95,10 @@ class Sandbox:
     """One episode's REPL worker (see the module docstring); an async context manager."""
 
     def __init__(self, config: SandboxConfig, context: PreparedContext, handler: Handler | None, mode: str,
-                 warning: str | None):  # fmt: skip
+                 warning: str | None, more_contexts: tuple[PreparedContext, ...] = ()):  # fmt: skip
         self.config, self.context, self.handler = config, context, handler
+        self.more_contexts = tuple(more_contexts)
+        """Further inputs, bound as context_1 ... (with context_0 = context) when given."""
         self.mode, self.mode_warning = mode, warning
         self.restarts = 0
         self.closed = False
@@ -110,24 +112,31 @@ class Sandbox:
         """Remove the context's store file when this (the last sandbox here on it) closes: for
         one-off contexts such as an rlm_query child's prompt (see context_gc)."""
         context_gc.sweep_default_store_once()
-        context_gc.hold(context)
+        for c in (context, *self.more_contexts):
+            context_gc.hold(c)
 
     # ---- life cycle ------------------------------------------------------------------------
 
     @classmethod
     async def start(
-        cls, config: SandboxConfig | None, context: PreparedContext, handler: Handler | None = None
+        cls,
+        config: SandboxConfig | None,
+        context: PreparedContext,
+        handler: Handler | None = None,
+        more_contexts: tuple[PreparedContext, ...] = (),
     ) -> Sandbox:
-        """Cold start: a new worker, given `context`, ready for cells."""
+        """Cold start: a new worker, given `context` (and `more_contexts`), ready for cells."""
         config = config or SandboxConfig()
         mode, warning = resolve_mode(config)
-        self = cls(config, context, handler, mode, warning)
+        self = cls(config, context, handler, mode, warning, more_contexts)
         await self._attach(await WorkerProcess.spawn(config, mode))
         return self
 
     async def _attach(self, worker: WorkerProcess) -> None:
         try:
-            await worker.load_context(self.context, self.config.startup_timeout_s, self._tool_specs())
+            await worker.load_context(
+                self.context, self.config.startup_timeout_s, self.more_contexts, self._tool_specs()
+            )
         except BaseException:
             await worker.kill()
             raise
@@ -152,7 +161,8 @@ class Sandbox:
         """Kill the worker and everything it started. Idempotent."""
         if not self.closed:
             self.closed = True
-            context_gc.release(self.context, self.discard_context_on_close)
+            for c in (self.context, *self.more_contexts):
+                context_gc.release(c, self.discard_context_on_close)
         if self._worker is not None:
             await self._worker.kill()
             self._worker = None
@@ -351,6 +361,22 @@ class Sandbox:
                 return False, None
             self._pending_note, self._last_note = self._last_note, None  # a restart notice waits for a cell
             return found
+
+    async def bind_variable(self, name: str, value: Any, reset_answer: bool = False) -> bool:
+        """Set the REPL variable `name` to a JSON `value` (e.g. a conversation's history_N);
+        `reset_answer` also clears the answer state, so the next cell starts unanswered.
+        True when the worker says it did; a failure restarts it like a lookup's does."""
+        json.dumps(value)  # the host's own value: fail here, clearly, if it cannot travel
+        msg = {"op": "bind", "name": str(name), "value": value, "reset_answer": reset_answer}
+        async with self._lock:
+            done, failed = await self._guarded(msg, "lookup", lambda reply: reply.found)
+            if failed is not None:
+                self._pending_note = failed.output
+                return False
+            if reset_answer:
+                self._answer = AnswerState()
+            self._pending_note, self._last_note = self._last_note, None
+            return bool(done)
 
     async def show_vars(self) -> dict[str, str]:
         """{name: type name} of the user's variables in the REPL."""

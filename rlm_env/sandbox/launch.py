@@ -56,7 +56,10 @@ BOOT = (
     "t = type(sys)('rlm_worker_tools')\n"
     "exec(compile(sys.argv[2], '<rlm-worker-tools>', 'exec'), t.__dict__)\n"
     "sys.modules['rlm_worker_tools'] = t\n"
-    "exec(compile(sys.argv[3], '<rlm-worker>', 'exec'), {'__name__': 'rlm_worker'})\n"
+    "x = type(sys)('rlm_worker_extras')\n"
+    "exec(compile(sys.argv[3], '<rlm-worker-extras>', 'exec'), x.__dict__)\n"
+    "sys.modules['rlm_worker_extras'] = x\n"
+    "exec(compile(sys.argv[4], '<rlm-worker>', 'exec'), {'__name__': 'rlm_worker'})\n"
 )
 RLIMIT_WARNING = (
     "The REPL sandbox is running in rlimit-only mode{why}: model-written code runs as a plain "
@@ -86,9 +89,10 @@ class LaunchSpec:
 
 
 @functools.cache
-def _sources() -> tuple[str, str, str]:
+def _sources() -> tuple[str, str, str, str]:
     here = Path(__file__).parent
-    return tuple((here / f).read_text() for f in ("worker_io.py", "worker_tools.py", "worker.py"))  # type: ignore[return-value]
+    names = ("worker_io.py", "worker_tools.py", "worker_extras.py", "worker.py")
+    return tuple((here / name).read_text() for name in names)  # type: ignore[return-value]
 
 
 def _site_dirs() -> list[str]:
@@ -311,11 +315,11 @@ def build_launch(config: SandboxConfig, mode: str, sock_fd: int) -> LaunchSpec:
         "max_batch": config.max_batch_prompts,
         "site": site,
     }
-    io_src, tools_src, worker_src = _sources()
+    io_src, tools_src, extras_src, worker_src = _sources()
     argv = [*prefix]
     if prefix:
         argv.append("--")
-    argv += [exe, *PY_FLAGS, "-c", BOOT, io_src, tools_src, worker_src, json.dumps(worker_cfg)]
+    argv += [exe, *PY_FLAGS, "-c", BOOT, io_src, tools_src, extras_src, worker_src, json.dumps(worker_cfg)]
     return LaunchSpec(
         argv=argv,
         env=_env(mode, tmp, config.pythonhashseed),

@@ -72,11 +72,14 @@ class SandboxPool:
         while self._starting and not self._closed:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def acquire(self, context: PreparedContext, handler: Handler | None = None) -> Sandbox:
-        """A ready sandbox on `context`: a pre-started worker if one is idle, else a cold one."""
+    async def acquire(
+        self, context: PreparedContext, handler: Handler | None = None, more_contexts: tuple = ()
+    ) -> Sandbox:
+        """A ready sandbox on `context` (and `more_contexts`): a pre-started worker if one is
+        idle, else a cold one."""
         if self._closed:
             raise RuntimeError("this pool is closed")
-        sandbox = Sandbox(self.config, context, handler, self.mode, self.mode_warning)
+        sandbox = Sandbox(self.config, context, handler, self.mode, self.mode_warning, more_contexts)
         while self._idle:
             worker = self._idle.pop()
             if worker.returncode is not None:

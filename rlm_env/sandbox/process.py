@@ -196,26 +196,27 @@ class WorkerProcess:
         return await read_frame(self.reader, max_items=self.max_items, op_max_bytes=self.op_max_bytes)
 
     async def load_context(
-        self, context: PreparedContext, timeout: float, tools: list[dict[str, str]] | None = None
+        self,
+        context: PreparedContext,
+        timeout: float,
+        more: tuple[PreparedContext, ...] = (),
+        tools: list[dict[str, str]] | None = None,
     ) -> float:
-        """Pass the context file's descriptor (and the custom tools' names and descriptions, for
+        """Pass the context file's descriptor (and one per further context, in one message: the
+        worker binds them as context_1 ...; and the custom tools' names and descriptions, for
         the REPL's stubs); returns the worker's load time in seconds."""
-        fd = os.open(context.path, os.O_RDONLY | os.O_CLOEXEC)
+        fds: list[int] = []
         try:
-            frame = encode_frame(
-                {
-                    "op": "init",
-                    "kind": context.kind,
-                    "ascii": context.ascii,
-                    "width": context.char_width,
-                    "tools": tools or [],
-                }  # fmt: skip
-            )
-            send_with_fd(self.sock, frame, fd)
+            for c in (context, *more):
+                fds.append(os.open(c.path, os.O_RDONLY | os.O_CLOEXEC))
+            specs = [{"kind": c.kind, "ascii": c.ascii, "width": c.char_width} for c in (context, *more)]
+            frame = encode_frame({"op": "init", **specs[0], "more": specs[1:], "tools": tools or []})
+            send_with_fd(self.sock, frame, fds)
         except OSError as e:
             raise SandboxStartError(f"could not hand the context to the worker ({e})") from None
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
         try:
             msg = await asyncio.wait_for(self.recv(), timeout)
         except (WorkerDied, ProtocolViolation, TimeoutError) as e:

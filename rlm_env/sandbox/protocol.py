@@ -121,13 +121,13 @@ async def read_frame(
     return decode_payload(payload)
 
 
-def send_with_fd(sock: socket.socket, frame: bytes, fd: int) -> None:
+def send_with_fd(sock: socket.socket, frame: bytes, fd: int | list[int]) -> None:
     """Send one small frame with `fd` attached (SCM_RIGHTS) on a socket asyncio also uses.
 
     Only ever called while nothing else is queued on the socket (right after the hello), so a
     plain sendmsg on the non-blocking socket goes out whole.
     """
-    fds = array.array("i", [fd])
+    fds = array.array("i", fd if isinstance(fd, list) else [fd])
     sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
     if sent != len(frame):  # pragma: no cover - a tiny frame on an empty socket buffer
         sock.sendall(frame[sent:])

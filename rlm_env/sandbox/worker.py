@@ -1,16 +1,18 @@
 """The REPL worker: the only code that runs inside the sandbox.
 
-The host starts it as `python -s -S -P -B -c <bootstrap> <worker_io source> <this source> <config>`:
-the bootstrap loads `worker_io.py` as the module `rlm_worker_io`, then runs this file. Both
-import nothing but the standard library, never the `rlm_env` package (not visible inside). Its life:
+The host starts it as `python -s -S -P -B -c <bootstrap> <worker_io> <worker_extras> <this> <config>`:
+the bootstrap loads `worker_io.py` as the module `rlm_worker_io` and `worker_extras.py` as
+`rlm_worker_extras`, then runs this file. All three import nothing but the standard library, never the `rlm_env` package (not visible inside). Its life:
 
 1. apply rlimits, then (when started as root) drop to the sandbox's own unprivileged uid, so no
    user code ever runs with privileges; say hello;
-2. wait for the context: an `init` frame carrying an O_RDONLY file descriptor (SCM_RIGHTS); read
+2. wait for the context: an `init` frame carrying an O_RDONLY file descriptor (SCM_RIGHTS; one
+   per input when a task has several: bound as context_0 ... context_N, `context` the first); read
    it (JSON via json.loads; text is in CPython's str layout at the frame's `width` bytes a
-   character: a large one is mapped as a str over the shared page cache, see `map_str`, else
+   character: a large one is mapped as a str over the shared page cache (worker_extras), else
    decoded with the matching codec), close the descriptor, bind `context`;
-3. serve host requests one at a time: run a cell, look up a variable, list variables.
+3. serve host requests one at a time: run a cell (top-level `await` allowed), look up a
+   variable, list variables, bind a variable the host sends (a conversation's history_N).
 
 Frames are 4-byte big-endian lengths followed by JSON. Sub-call stubs (`llm_query` & co.) send
 a `call` frame and block for the reply under one lock, with the cell's timer paused. The host
@@ -20,7 +22,6 @@ trusts nothing this process says: everything here is a convenience, not a securi
 import ast
 import json
 import linecache
-import mmap
 import os
 import resource
 import sys
@@ -28,8 +29,8 @@ import threading
 import time
 import traceback
 
+from rlm_worker_extras import bind, load_context, make_async, run_code
 from rlm_worker_io import (
-    STR_CODECS,
     Capture,
     CellTimeout,
     Channel,
@@ -38,10 +39,11 @@ from rlm_worker_io import (
     die_with_parent,
     exit_when_host_goes,
     install_seccomp,
-    map_str,
 )
 from rlm_worker_tools import HELPER_NAMES, ToolError, make_stubs
 
+# The async helpers (worker_extras) are REPL helpers too: SHOW_VARS hides them, `bind` keeps them.
+HELPER_NAMES.update(("llm_query_async", "llm_batch_async", "rlm_query_async"))
 CFG = json.loads(sys.argv[-1])
 CHAN = Channel(CFG["fd"])
 TIMER = Timer(CFG["cell_timeout"])
@@ -212,11 +214,9 @@ def run_cell(code):
             last = None
             if tree.body and isinstance(tree.body[-1], ast.Expr):
                 last = ast.Expression(tree.body.pop().value)
-            exec(compile(tree, filename, "exec"), NS)
-            if last is not None:
-                value = eval(compile(last, filename, "eval"), NS)
-                if value is not None:
-                    CAPTURE.write(repr(value) + "\n")
+            value = run_code(tree, last, filename, NS)  # top-level `await` allowed (worker_extras)
+            if value is not None:
+                CAPTURE.write(repr(value) + "\n")
         except CellTimeout:
             raise
         except BaseException as exc:  # noqa: B036 - SystemExit, KeyboardInterrupt: all are observations
@@ -263,6 +263,8 @@ def handle(msg):
             return run_cell(str(msg.get("code", "")))
         if op == "lookup":
             return lookup(msg.get("name"))
+        if op == "bind":  # the host sets a variable (a conversation's history_N)
+            return bind(msg, NS, HELPER_NAMES, ANSWER, lambda: {"content": None, "ready": False})
         if op == "vars":
             shown = list(SHOW_VARS().items())[:10_000]  # the host shows no more (frame item limit)
             return {"op": "vars", "vars": {clean(str(k)): clean(str(v)) for k, v in shown}}
@@ -272,7 +274,7 @@ def handle(msg):
         if op == "exec":
             return {"op": "result", "output": "", "error": err, "truncated": False, "chars_cut": 0,
                     "timed_out": TIMER.fired, "duration_s": 0.0, "answer": dict(ANSWER)}  # fmt: skip
-        if op == "lookup":
+        if op in ("lookup", "bind"):
             return {"op": "lookup", "found": False, "value": None, "error": err}
         return {"op": "vars", "vars": {}}
     return {"op": "error", "error": f"unknown op {op!r}"}
@@ -330,44 +332,6 @@ def setup():
     }
 
 
-MAP_MIN_BYTES = 1 << 16
-"""Smaller texts are decoded: a private copy costs little, a mapping at least two pages."""
-
-
-def load_context(msg, fds):
-    try:
-        if not fds:
-            raise RuntimeError("no context file descriptor received")
-        fd = fds[0]
-        size = os.fstat(fd).st_size
-        if msg.get("kind") == "text":
-            return load_text(fd, size, msg.get("width", 1), msg.get("ascii") is True)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return json.loads(f.read())
-    finally:
-        for fd in fds:  # nothing of the file stays reachable from user code
-            os.close(fd)
-
-
-def load_text(fd, size, width, ascii):
-    """The str whose CPython payload (`width` bytes a character) is the file: mapped, or decoded."""
-    codec = STR_CODECS.get(width)
-    if codec is None or size % width:
-        raise RuntimeError(f"the context file is not a str layout ({size} bytes, width {width!r})")
-    if size == 0:
-        return ""
-    if size >= MAP_MIN_BYTES:
-        shared = map_str(fd, size, width, ascii)  # shares the page cache with other episodes
-        if shared is not None:
-            CELL["context_shared"] = True
-            return shared
-        print(
-            f"[rlm worker] str layout probe failed: decoding a private copy ({size:,} bytes)", file=sys.stderr
-        )
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mm:
-        return str(mm, codec, "surrogatepass")
-
-
 def main():
     CHAN.send(setup())
     fds = []
@@ -376,21 +340,26 @@ def main():
         os._exit(4)
     t0 = time.monotonic()
     try:
-        context = load_context(msg, fds)
+        contexts, CELL["context_shared"] = load_context(msg, fds)
     except BaseException as e:  # noqa: B036 - report MemoryError too
         CHAN.send({"op": "init_failed", "error": f"{type(e).__name__}: {e}"[:2000]})
         os._exit(5)
     global NS
     main_mod = type(sys)("__main__")  # the REPL namespace IS __main__, so pickle finds user classes
     main_mod.__dict__.update(
-        context=context, llm_query=llm_query, llm_batch=llm_batch, rlm_query=rlm_query,
+        context=contexts[0], llm_query=llm_query, llm_batch=llm_batch, rlm_query=rlm_query,
         SubCallError=SubCallError, SHOW_VARS=SHOW_VARS, FINAL=FINAL, FINAL_VAR=FINAL_VAR,
         answer={"content": None, "ready": False}, ToolError=ToolError,
+        llm_query_async=make_async("llm_query_async", llm_query),
+        llm_batch_async=make_async("llm_batch_async", llm_batch),
+        rlm_query_async=make_async("rlm_query_async", rlm_query),
         **make_stubs(msg.get("tools"), _call),
     )  # fmt: skip
+    if len(contexts) > 1:  # several inputs: context_0 ... context_N, `context` is context_0
+        main_mod.__dict__.update({f"context_{i}": c for i, c in enumerate(contexts)})
     sys.modules["__main__"] = main_mod
     NS = main_mod.__dict__
-    del context
+    del contexts
     IO_LOCK.acquire()  # held whenever no cell runs, so background threads cannot talk between cells
     CHAN.send({"op": "ready", "load_s": time.monotonic() - t0, "shared": CELL.get("context_shared", False)})
     while True:

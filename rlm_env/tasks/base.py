@@ -8,6 +8,9 @@ package return tasks; user datasets load into the same shape. The context is one
 - `list` of str (chunks) or any JSON-able list/dict: delivered as JSON, bound as list/dict;
 - `ContextDir(path)`: a directory of text files, delivered as a dict {relative path: text}.
 
+A task may carry several inputs (`more_contexts`): each is delivered the same way, and the REPL
+binds them as `context_0 ... context_N` (`context` is context_0).
+
 Large generated contexts can also be given as `ContextFile(path, kind)`, a file already on
 disk, so a 10M-token context never has to live in the host's memory as a Python object.
 `ContextDir`, `ContextFile` and `ContextValue` are defined by the sandbox
@@ -42,6 +45,9 @@ class Task:
     """Name of the scorer in `rewards.scorers.SCORERS` (e.g. "exact", "numeric", "pair_f1")."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Family, split, seed, length in tokens, difficulty knobs: anything worth logging."""
+    more_contexts: tuple[ContextValue, ...] = ()
+    """Further inputs, each shared like `context`: the REPL then binds context_0 (= `context`),
+    context_1 ... and the root prompt describes each."""
 
     def describe(self) -> dict[str, Any]:
         """The task as written into the trajectory record (context by reference, not value)."""
@@ -52,6 +58,14 @@ class Task:
             "scorer": self.scorer,
             "metadata": self.metadata,
             "context_type": context_type_name(self.context),
+            **(
+                {
+                    "num_contexts": 1 + len(self.more_contexts),
+                    "context_types": [context_type_name(c) for c in (self.context, *self.more_contexts)],
+                }
+                if self.more_contexts
+                else {}
+            ),  # fmt: skip
         }
 
 
