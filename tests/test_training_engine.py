@@ -19,9 +19,9 @@ import pytest
 
 from rlm_env.episode import read_records
 from rlm_env.models.base import SamplingParams
+from rlm_env.models.logprob_check import compare_logprobs, recompute_logprobs
 from training.config import load_train_config
 from training.data import exclusion
-from training.logprobs import completion_logprobs, mean_abs_diff
 from training.run import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -70,10 +70,6 @@ def engine(default_model_path):
     client.shutdown()
 
 
-def checkpoint_of(call, names: dict[str, str]) -> str:
-    return call.checkpoint or names[f"v{call.weight_version}"]
-
-
 def assert_trained_tokens_are_sampled(out: Path, step: int, trained_ids: list[str]) -> list:
     records = {r.episode_id: r for r in read_records(out / "records" / f"step-{step:04d}.jsonl")}
     for episode_id in trained_ids:
@@ -89,11 +85,11 @@ async def assert_engine_serves_learner(engine, learner, prompt_ids: list[int]) -
     sampling = SamplingParams(max_tokens=24, temperature=1.0, seed=1)
     completion = await engine.generate([], sampling, prompt_token_ids=prompt_ids)
     ids = completion.completion_token_ids
-    trained = completion_logprobs(learner.model, prompt_ids, ids)
+    trained = recompute_logprobs(learner.model, prompt_ids, ids)
     with learner.model.disable_adapter():
-        base = completion_logprobs(learner.model, prompt_ids, ids)
-    to_trained = mean_abs_diff(completion.logprobs, trained)
-    to_base = mean_abs_diff(completion.logprobs, base)
+        base = recompute_logprobs(learner.model, prompt_ids, ids)
+    to_trained = compare_logprobs(completion.logprobs, trained)["mean_abs"]
+    to_base = compare_logprobs(completion.logprobs, base)["mean_abs"]
     assert to_trained < TOLERANCE, (to_trained, to_base)
     assert to_trained < to_base, (to_trained, to_base)
 
@@ -104,7 +100,6 @@ async def test_grpo_end_to_end(engine, default_model_path, tmp_path):
     trainer = Trainer(config, str(default_model_path), root_model=engine)
     rows = await trainer.train()
     assert [r["step"] for r in rows] == [1, 2]
-    names = json.loads((out / "checkpoints.json").read_text())
     trained = [json.loads(x) for x in (out / "trained_on.jsonl").read_text().splitlines()]
     sampled_by = {1: "grpo/base", 2: "grpo/step-1"}
     for row, step_trained in zip(rows, trained, strict=True):
@@ -114,7 +109,7 @@ async def test_grpo_end_to_end(engine, default_model_path, tmp_path):
         for r in records:
             for call in r.calls:
                 if call.role == "root" and call.error is None:
-                    assert checkpoint_of(call, names) == sampled_by[step]
+                    assert call.checkpoint == sampled_by[step]
         assert row["time/sync_s"] > 0 and "reward/reward" in row
     assert any(r["data/items"] > 0 for r in rows), rows  # the cost term gives every group variance
     last = read_records(out / "records" / "step-0002.jsonl")[0]
@@ -135,8 +130,7 @@ async def test_rft_end_to_end(engine, default_model_path, tmp_path):
     records = assert_trained_tokens_are_sampled(out, 1, trained["episode_ids"])
     rejected = sum(v for k, v in row.items() if k.startswith("data/rejected/"))
     assert row["data/kept"] + rejected == len(records) == 2
-    names = json.loads((out / "checkpoints.json").read_text())
-    assert "rft/step-1" in names.values()
+    assert all(c.checkpoint == "rft/base" for r in records for c in r.calls if c.role == "root")
     if trained["episode_ids"]:
         await assert_engine_serves_learner(
             engine, trainer.learner, records[0].call_prompt_ids(records[0].calls[0])
