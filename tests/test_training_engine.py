@@ -112,10 +112,44 @@ async def test_grpo_end_to_end(engine, default_model_path, tmp_path):
                     assert call.checkpoint == sampled_by[step]
         assert row["time/sync_s"] > 0 and "reward/reward" in row
     assert any(r["data/items"] > 0 for r in rows), rows  # the cost term gives every group variance
+    assert engine.checkpoint == "grpo/step-2"  # the last update reached the engine
     last = read_records(out / "records" / "step-0002.jsonl")[0]
     prompt = last.call_prompt_ids(last.calls[0])
     await assert_engine_serves_learner(engine, trainer.learner, prompt)
     assert (out / "reward_curve.png").exists() and any((out / "tb").iterdir())
+
+
+async def test_grpo_with_policy_lag_one(engine, default_model_path, tmp_path):
+    """Rollouts of step n+1 run while the learner trains step n: they were sampled by step n-1's
+    or step n's weights (as recorded), never older, and every step's counters line up."""
+    out = tmp_path / "lag"
+    rollout = tiny("grpo", out)["rollout"] | {"max_policy_lag": 1}
+    config = load_train_config(data=tiny("grpo", out, steps=3, grpo={"group_size": 2}, rollout=rollout))
+    rows = await Trainer(config, str(default_model_path), root_model=engine).train()
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["checkpoint"] for r in rows] == ["lag/step-1", "lag/step-2", "lag/step-3"]
+    trained = [json.loads(x) for x in (out / "trained_on.jsonl").read_text().splitlines()]
+    assert [t["step"] for t in trained] == [1, 2, 3]
+    allowed = {1: {"lag/base"}, 2: {"lag/base", "lag/step-1"}, 3: {"lag/step-1", "lag/step-2"}}
+    named = 0
+    for row in rows:
+        step = row["step"]
+        records = read_records(out / "records" / f"step-{step:04d}.jsonl")
+        assert len(records) == 2
+        for r in records:
+            for call in r.calls:
+                if call.role != "root" or call.error is not None:
+                    continue
+                if call.checkpoint is None:  # the reload landed mid-call: no single policy
+                    assert call.checkpoint_changed and step > 1
+                else:
+                    assert call.checkpoint in allowed[step], (step, call.checkpoint)
+                    named += 1
+        assert row["data/stale_dropped"] == 0 and row["policy/lag_max"] <= 1
+        assert "learner/loss" in row or row["learner/skipped"] == 1
+    assert named > 0
+    assert rows[0]["policy/lag_max"] == 0  # step 1 cannot run ahead of anything
+    assert engine.checkpoint == "lag/step-3"
 
 
 async def test_rft_end_to_end(engine, default_model_path, tmp_path):
@@ -131,6 +165,7 @@ async def test_rft_end_to_end(engine, default_model_path, tmp_path):
     rejected = sum(v for k, v in row.items() if k.startswith("data/rejected/"))
     assert row["data/kept"] + rejected == len(records) == 2
     assert all(c.checkpoint == "rft/base" for r in records for c in r.calls if c.role == "root")
+    assert engine.checkpoint == "rft/step-1"
     if trained["episode_ids"]:
         await assert_engine_serves_learner(
             engine, trainer.learner, records[0].call_prompt_ids(records[0].calls[0])
