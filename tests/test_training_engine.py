@@ -64,7 +64,13 @@ def engine(default_model_path):
     from rlm_env.models.config import EngineConfig
     from rlm_env.models.engine_pool import VLLMRayClient
 
-    config = EngineConfig(replicas=1, max_model_len=2048, kvcache_gb=0.5, request_timeout_s=120.0)
+    config = EngineConfig(
+        replicas=1,
+        max_model_len=2048,
+        kvcache_gb=0.5,
+        request_timeout_s=120.0,
+        placement_strategy="STRICT_PACK",
+    )
     client = VLLMRayClient(str(default_model_path), config).start()
     yield client
     client.shutdown()
@@ -92,6 +98,17 @@ async def assert_engine_serves_learner(engine, learner, prompt_ids: list[int]) -
     to_base = compare_logprobs(completion.logprobs, base)["mean_abs"]
     assert to_trained < TOLERANCE, (to_trained, to_base)
     assert to_trained < to_base, (to_trained, to_base)
+
+
+def test_engine_replicas_sit_in_their_placement_group(engine):
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    table = placement_group_table(engine.placement())
+    assert table["strategy"] == "STRICT_PACK" and table["state"] == "CREATED"
+    assert len(table["bundles"]) == 1  # one bundle per replica
+    (actor,) = engine.replica_actors().values()
+    assert ray.get(actor.stats.remote(), timeout=60)["name"].endswith("/r0")
 
 
 async def test_grpo_end_to_end(engine, default_model_path, tmp_path):
