@@ -60,3 +60,11 @@ def test_plain_arm_resumes_and_skips_a_torn_line(tmp_path):
         f.write('{"task_id": "t2", "sco')  # a kill mid-write
     rows = asyncio.run(run_plain_arm(tasks, model, 2048, path))
     assert model.calls == 3 and [r["task_id"] for r in rows] == ["t0", "t1", "t2"]
+
+
+def test_an_arm_not_run_at_a_length_has_no_number_there():
+    rows = table_rows(
+        [_record("8k", 0.0, 6)], None, ["8k", "1m"], [_record("8k", 1.0, 2), _record("1m", 1.0, 2)]
+    )
+    assert rows[0]["rlm_score"] == 0.0 and rows[1]["rlm_score"] is None and rows[1]["rlm_episodes"] == 0
+    assert rows[1]["trained_score"] == 1.0

@@ -100,6 +100,10 @@ def _rlm_columns(arm: str, records: list[Any]) -> dict[str, Any]:
             + b.get("sub_completion_tokens", 0)
         )
 
+    if not records:  # not measured at this length: no number rather than a zero
+        return {
+            f"{arm}_{k}": None for k in ("score", "tokens_per_episode", "turns", "sub_calls", "wall_s")
+        } | {f"{arm}_episodes": 0}
     return {
         f"{arm}_score": _mean([r.rewards.get("correctness", 0.0) for r in records]),
         f"{arm}_tokens_per_episode": _mean([total_tokens(r) for r in records]),
@@ -131,9 +135,11 @@ def table_rows(
                 row.update(_rlm_columns(arm, rl))
         if plain is not None:
             pl = [p for p in plain if p["length_label"] == label]
-            row["plain_score"] = _mean([p["score"] for p in pl])
-            row["plain_tokens_per_episode"] = _mean([p["prompt_tokens"] + p["completion_tokens"] for p in pl])
-            row["plain_wall_s"] = _mean([p["wall_s"] for p in pl])
+            row["plain_score"] = _mean([p["score"] for p in pl]) if pl else None
+            row["plain_tokens_per_episode"] = (
+                _mean([p["prompt_tokens"] + p["completion_tokens"] for p in pl]) if pl else None
+            )
+            row["plain_wall_s"] = _mean([p["wall_s"] for p in pl]) if pl else None
             row["plain_episodes"] = len(pl)
         row["episodes"] = max((v for k, v in row.items() if k.endswith("_episodes")), default=0)
         rows.append(row)
@@ -156,9 +162,12 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], title: str) -> None:
     styles = {"rlm": "o-", "plain": "s--", "trained": "^-"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for arm in ARMS:
-        if rows and f"{arm}_score" in rows[0]:
-            ax1.plot(xs, [r[f"{arm}_score"] for r in rows], styles[arm], label=_LABELS[arm])
-            ax2.plot(xs, [r[f"{arm}_tokens_per_episode"] for r in rows], styles[arm], label=_LABELS[arm])
+        measured = [(x, r) for x, r in zip(xs, rows, strict=True) if r.get(f"{arm}_score") is not None]
+        if measured:  # lengths where the arm was not run are left out, not drawn as zero
+            ax1.plot([x for x, _ in measured], [r[f"{arm}_score"] for _, r in measured], styles[arm],
+                     label=_LABELS[arm])  # fmt: skip
+            ax2.plot([x for x, _ in measured], [r[f"{arm}_tokens_per_episode"] for _, r in measured],
+                     styles[arm], label=_LABELS[arm])  # fmt: skip
     ax1.set(
         xscale="log",
         xlabel="context length (tokens)",
