@@ -33,6 +33,9 @@ def _collector(cfg: CollectConfig) -> subprocess.Popen:
         cwd=REPO,
         env=env,
         start_new_session=True,
+        # A shell that runs the suite in the background (`make test &`) hands it SIGINT ignored;
+        # Python then installs no KeyboardInterrupt handler, and the Ctrl-C below would be lost.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
