@@ -1,5 +1,7 @@
 """The data-parallel learner on Ray Train: 2 CPU workers (gloo) average their gradients into
-exactly the single-worker gradient of the same batch."""
+exactly the single-worker gradient of the same batch, both when every rank draws the batch
+itself (sft) and when rank 0 alone holds it and broadcasts it (rft and grpo, whose rollouts
+live on rank 0: `BroadcastLearner` / `follow`)."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ def single_worker_grads(config: TrainConfig, objective: str) -> dict[str, torch.
     return {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("objective", ["grpo"])
-def test_two_ray_train_workers_average_to_the_single_worker_gradient(tmp_path, objective):
+@pytest.mark.parametrize(("objective", "broadcast"), [("grpo", False), ("grpo", True)])
+def test_two_ray_train_workers_average_to_the_single_worker_gradient(tmp_path, objective, broadcast):
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -37,6 +39,7 @@ def test_two_ray_train_workers_average_to_the_single_worker_gradient(tmp_path, o
             train_loop_config={
                 "config": config.model_dump(mode="json"),
                 "objective": objective,
+                "broadcast": broadcast,
                 "dir": str(tmp_path),
             },
             scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5}),

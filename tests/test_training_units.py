@@ -306,3 +306,34 @@ def test_small_rlm_recipe_runs_every_stage_under_the_evaluation_settings():
             assert episode["root_sampling"]["temperature"] > 0
             episode["root_sampling"]["temperature"] = evaluation["root_sampling"]["temperature"]
         assert episode == evaluation, stage
+
+
+def test_policy_lag_is_read_from_the_recorded_checkpoints():
+    from training.lag import checkpoint_step, drop_stale
+
+    assert checkpoint_step("run/base", "run") == 0
+    assert checkpoint_step("run/step-12", "run") == 12
+    assert checkpoint_step("other/step-3", "run") is None and checkpoint_step(None, "run") is None
+    records = []
+    for k, name in enumerate(["run/step-3", "run/step-2", "run/step-1", None]):
+        r = make_record(f"e{k}", "t", 1.0, seed=k)
+        r.calls[0].checkpoint = name
+        r.calls[0].checkpoint_changed = name is None  # the weights changed mid-call: no name
+        records.append(r)
+    # The learner holds step 3's weights; lag 1 keeps steps 3 and 2. The unnamed call counts as
+    # the step its batch was launched on (2): every call of the batch started at or after it.
+    kept, stats = drop_stale(records, learner_step=3, max_lag=1, run_name="run", launch_step=2)
+    assert [r.episode_id for r in kept] == ["e0", "e1", "e3"]
+    assert stats.as_metrics() == {"data/stale_dropped": 1.0, "policy/lag_mean": 2 / 3, "policy/lag_max": 1.0}
+    # An episode's age is its oldest trained call.
+    records[0].calls.append(records[2].calls[0].model_copy(update={"id": "root-1"}))
+    kept, stats = drop_stale(records[:1], learner_step=3, max_lag=1, run_name="run", launch_step=3)
+    assert kept == [] and stats.dropped == 1
+
+
+def test_progress_says_skipped_for_a_step_without_a_loss():
+    from training.run import step_description
+
+    assert step_description({"learner/loss": 0.5, "reward/reward": 0.25}, 0) == "loss 0.500  reward 0.250"
+    text = step_description({"learner/skipped": 1.0, "reward/reward": 0.0}, 2)
+    assert "skipped" in text and "nan" not in text and "skipped steps 2" in text

@@ -8,7 +8,8 @@ overrides the episode's (it decides which engine serves sub-calls and whether th
 
 What is guaranteed: the resolved config (defaults filled in) is written to the run folder as
 `config.json` and a resumed run refuses a config that differs in anything but where and how long
-it runs (`steps`, `out`, `workers`, `ray_address`, `sync_dir`).
+it runs (`steps`, `out`, `workers`, `ray_address`, `sync_dir`, `placement_strategy`,
+`learner_cpus`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ class RolloutConfig(_Frozen):
     """Episodes in flight at once."""
     engine: dict[str, Any] = {}
     """`EngineConfig` fields for the vLLM engines (replicas, max_model_len, kvcache_gb, ...)."""
+    max_policy_lag: int = Field(0, ge=0)
+    """Bounded off-policy lag (rft, grpo). 0: synchronous, each step's episodes are sampled by the
+    weights the learner then updates. k > 0: the rollouts of steps n+1..n+k run while the learner
+    trains step n (on the same engines, which are reloaded as each step finishes), and an episode
+    sampled more than k steps behind the learner's weights is dropped and counted
+    (`data/stale_dropped`; see `training/lag.py`). The GRPO ratio uses the recorded sampling
+    logprobs either way."""
 
 
 class SFTConfig(_Frozen):
@@ -179,7 +187,16 @@ class TrainConfig(_Frozen):
     workers: int = Field(1, gt=0)
     """Data-parallel learner workers; more than 1 runs the learner on Ray Train (gloo on CPU)."""
     ray_address: str | None = None
-    """Attach to an existing Ray cluster ("auto" or "ray://host:10001"); None starts a local one."""
+    """Attach to an existing Ray cluster ("auto", "HOST:6379" or "ray://host:10001"); None starts
+    a local one. Also `rlm-env train --ray-address`."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
+    """How Ray places the engine replicas (one placement-group bundle each) and the learner
+    workers (one bundle each, through Ray Train's ScalingConfig): "PACK" fills nodes in turn
+    where it can, "SPREAD" puts bundles on different nodes where it can, "STRICT_PACK" requires
+    one node for the whole group."""
+    learner_cpus: float = Field(1.0, gt=0)
+    """CPUs Ray reserves for each learner worker when `workers > 1` (a bookkeeping figure: on a
+    small machine use a fraction, so the engine replicas still fit)."""
     sync_dir: str = "/dev/shm/rlm-train"
     """Where merged weights are written for the engines to reload (a RAM disk on Linux)."""
     keep_checkpoints: int = Field(2, gt=0)

@@ -1,19 +1,24 @@
 """The data-parallel learner on Ray Train (`TorchTrainer`; gloo on CPU, nccl on GPU).
 
-With `workers > 1`, `train_distributed` runs the SFT loop on `workers` Ray Train workers. Each
-worker holds a full copy of the policy; every optimizer step, all workers draw the same batch
-(the order is a function of the step and the seed), each takes its slice (`items[rank::world]`),
-and `Learner.train_step` all-reduces and averages the trainable gradients before clipping and
-the update. Because each slice's loss is normalised by the whole step's token count and scaled
-by the world size, the averaged gradient is exactly the single-worker gradient of the whole
-batch (tests/test_training_ray.py checks this on a tiny llama). Rank 0 writes checkpoints, logs
-and metrics into the same run folder as a single-process run, so resume works the same way.
+With `workers > 1`, `train_distributed` runs the learner on `workers` Ray Train workers, each
+holding a full copy of the policy. `Learner.train_step` gives each rank its slice of the step's
+items (`items[rank::world]`), normalises every slice's loss by the whole step's token count and
+all-reduces and averages the trainable gradients before clipping and the update, so the averaged
+gradient is exactly the single-worker gradient of the whole batch (tests/test_training_ray.py).
 
-Scope, honestly: rft and grpo keep their learner in the driver process (one worker), because
-their rollouts and the weight sync to the engines live there; a multi-worker learner for them
-would run this same per-step function on the workers and send rank 0's merged weights to the
-engines. `--ray-address` attaches the whole run (engines, sandbox pool, Ray Train workers) to
-an existing cluster.
+- sft: every rank draws the same batch itself (the order is a function of the step and the
+  seed); rank 0 writes checkpoints, logs and metrics into the run folder.
+- rft and grpo: rank 0 runs the whole `Trainer` (training/run.py): it starts the engines (Ray
+  actors, placed by `placement_strategy`), runs the rollouts and the sandboxes, builds each
+  step's items and, through `BroadcastLearner`, sends them to every rank before the step; the
+  other ranks only `follow`. After each update rank 0 exports its merged weights and the engines
+  reload them, exactly as with one worker. Checkpoints are rank 0's; a resumed run's other ranks
+  load the same checkpoint from the run folder (on a multi-node cluster `out` must be on storage
+  every node sees).
+
+The learner workers are placed by Ray Train's `ScalingConfig` (one bundle of `learner_cpus`
+CPUs, or a GPU with `device = "cuda"`, per worker, under `placement_strategy`). `--ray-address`
+attaches the whole run (engines, Ray Train workers) to an existing cluster.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def _sft_worker_loop(loop_config: dict[str, Any]) -> None:
 
 
 def train_distributed(config: TrainConfig, model_path: str) -> list[dict[str, Any]]:
-    """SFT with `config.workers` data-parallel learner workers on Ray Train."""
+    """Any mode with `config.workers` data-parallel learner workers on Ray Train."""
     import asyncio
 
     import ray
@@ -84,15 +89,10 @@ def train_distributed(config: TrainConfig, model_path: str) -> list[dict[str, An
 
     from training.run import Run, Trainer
 
-    if config.mode != "sft":
-        raise SystemExit(
-            f"workers > 1 runs the learner on Ray Train for mode 'sft'; mode {config.mode!r} keeps its "
-            "learner beside the rollouts (workers = 1). See training/distributed.py."
-        )
     run = Run(config)
     run.prepare()
     data = [str(Path(p).resolve()) for p in config.sft.data]
-    if config.sft.demos:  # scripted demonstrations need the sandbox: make them here, once
+    if config.mode == "sft" and config.sft.demos:  # they need the sandbox: make them here, once
         from transformers import AutoTokenizer
 
         asyncio.run(Trainer(config, model_path)._demos(AutoTokenizer.from_pretrained(model_path)))
@@ -107,9 +107,14 @@ def train_distributed(config: TrainConfig, model_path: str) -> list[dict[str, An
     }
     gpu = config.device == "cuda"  # "auto" stays on CPU workers: the driver's GPU says nothing of theirs
     trainer = TorchTrainer(
-        _sft_worker_loop,
+        _sft_worker_loop if config.mode == "sft" else _rl_worker_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu),
+        scaling_config=ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": config.learner_cpus, **({"GPU": 1} if gpu else {})},
+            placement_strategy=config.placement_strategy,
+        ),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name=f"{config.name}-learner", storage_path=str(Path(out) / "ray")),
     )
@@ -118,10 +123,72 @@ def train_distributed(config: TrainConfig, model_path: str) -> list[dict[str, An
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+class BroadcastLearner:
+    """Rank 0's learner for rft/grpo: each `train_step` first sends its items to every rank
+    (the followers run the same step on them); everything else is the wrapped `Learner`'s."""
+
+    def __init__(self, learner: Any):
+        self._learner = learner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._learner, name)
+
+    def train_step(self, items: list[Any], objective: str) -> dict[str, float]:
+        _broadcast(("train_step", items, objective))
+        return self._learner.train_step(items, objective)
+
+    def stop(self) -> None:
+        """Release the followers (also after a failure on rank 0, so no rank waits forever)."""
+        _broadcast(None)
+
+
+def follow(learner: Any) -> int:
+    """The other ranks' loop: take part in every step rank 0 announces, until it stops."""
+    steps = 0
+    while (message := _broadcast(None)) is not None:
+        _, items, objective = message
+        learner.train_step(items, objective)
+        steps += 1
+    return steps
+
+
+def _broadcast(message: Any) -> Any:
+    import torch.distributed as dist
+
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _rl_worker_loop(loop_config: dict[str, Any]) -> None:
+    """rft/grpo on every Ray Train worker: rank 0 runs the `Trainer`, the others follow."""
+    import asyncio
+
+    import torch.distributed as dist
+
+    from training.learner import Learner
+    from training.run import Run, Trainer
+
+    config = TrainConfig.model_validate(loop_config["config"])
+    learner = Learner.from_config(loop_config["model_path"], config)
+    if dist.get_rank() == 0:
+        leader = BroadcastLearner(learner)
+        try:
+            asyncio.run(Trainer(config, loop_config["model_path"], learner=leader).train())
+        finally:
+            leader.stop()
+    else:
+        done = Run(config).last_step()
+        if done:
+            learner.load_checkpoint(Run(config).checkpoint_path(done))
+        follow(learner)
+
+
 def gradient_probe_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train worker body for the gradient test: one learner step on a fixed batch of a tiny
     random llama (same seed on every rank), with the update switched off; each rank saves its
-    averaged gradients to `<dir>/rank<k>.pt`."""
+    averaged gradients to `<dir>/rank<k>.pt`. With `broadcast`, rank 0 alone has the batch and
+    sends it as rft/grpo do (`BroadcastLearner`)."""
     import torch
     import torch.distributed as dist
 
@@ -131,7 +198,15 @@ def gradient_probe_loop(loop_config: dict[str, Any]) -> None:
     learner = Learner(wrap_adapter(tiny_random_llama(), config), config)
     learner.optimizer.step = lambda: None  # keep the gradients, skip the update
     learner.optimizer.zero_grad = lambda set_to_none=True: None
-    learner.train_step(probe_items(), loop_config["objective"])
+    if loop_config.get("broadcast"):  # the rft/grpo path: only rank 0 holds the items
+        if dist.get_rank() == 0:
+            leader = BroadcastLearner(learner)
+            leader.train_step(probe_items(), loop_config["objective"])
+            leader.stop()
+        else:
+            assert follow(learner) == 1
+    else:
+        learner.train_step(probe_items(), loop_config["objective"])
     grads = {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.requires_grad}
     torch.save(grads, Path(loop_config["dir"]) / f"rank{dist.get_rank()}.pt")
 

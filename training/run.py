@@ -1,7 +1,8 @@
 """`rlm-env train`: one loop, three modes (sft, rft, grpo), in a resumable run folder.
 
-Read top to bottom: `Run` owns the folder; `train()` builds the learner (and, for rft/grpo, the
-vLLM engines and the rollout machinery), resumes from the last checkpoint, then runs steps:
+Read top to bottom: `Run` (training/run_folder.py) owns the folder; `Trainer.train()` builds the
+learner (and, for rft/grpo, the vLLM engines and the rollout machinery), resumes from the last
+checkpoint, then runs steps (training/steps.py):
 
 - sft: a step is one optimizer step on `batch_size` items drawn, in a seeded order, from the
   records (`sft.data` files and/or scripted demonstrations generated through the episode loop);
@@ -10,25 +11,28 @@ vLLM engines and the rollout machinery), resumes from the last checkpoint, then 
 - grpo: a step samples G episodes for each of `tasks_per_step` tasks, computes group advantages
   (excluded episodes left out), takes `inner_steps` optimizer steps, syncs the engines.
 
+With `rollout.max_policy_lag = k > 0` the rollouts of the next k steps are launched before the
+learner trains the current one, so sampling and learning overlap; episodes sampled more than k
+steps behind the learner are dropped and counted (training/lag.py). Which weights sampled each
+call is read from the record (`ModelCall.checkpoint`: the engines name every sync
+"<run>/step-<n>", the first "<run>/base").
+
 The run folder: `config.json` (resolved), `checkpoints/step-NNNN/` (trainable weights, optimizer,
 metrics; the last `keep_checkpoints`), `records/step-NNNN.jsonl` (every episode sampled in that
 step, scored), `trained_on.jsonl` (which episode ids each step trained on), `metrics.jsonl`,
-`checkpoints.json` (engine weight_version -> checkpoint name), `tb/` (TensorBoard) and
-`reward_curve.png`.
+`tb/` (TensorBoard), `reward_curve.png` and, when the last step is done, `adapter/`.
 
 Resume: step n is finished when `checkpoints/step-n` exists (written atomically after the
 update). A killed run restarts at step n+1 with the learner and the engines on step n's weights;
-rollouts of the unfinished step already in its records file were sampled by those same weights
-and are reused, so no finished step is repeated and no sampled episode is thrown away.
+rollouts of the unfinished step already in its records file are reused (and, like any episode,
+dropped if sampled further behind than the lag bound allows), so no finished step is repeated.
+With `workers > 1` the same `Trainer` runs on Ray Train's rank 0 (training/distributed.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -45,122 +49,55 @@ from rich.progress import (
 
 from rlm_env.episode import EpisodeRecord, read_records
 from training.config import TrainConfig, load_train_config
-from training.data import BatchStats, TrainItem, grpo_items, rft_filter, sft_items
+from training.data import BatchStats, TrainItem, sft_items
+from training.lag import LagStats, drop_stale
+from training.run_folder import KILL_ENV, Run, episode_metrics, maybe_kill, plot_curves
 
+__all__ = ["KILL_ENV", "Run", "Trainer", "episode_metrics", "main", "plot_curves", "train"]
 console = Console(stderr=True)
-KILL_ENV = "RLM_TRAIN_KILL_AT"
-"""Test hook: "<step>:<point>" SIGKILLs this process at that point (after_update, after_checkpoint)."""
-
-
-class Run:
-    """The run folder (see the module docstring)."""
-
-    def __init__(self, config: TrainConfig):
-        self.config = config
-        self.dir = Path(config.out)
-        self.ckpt_dir = self.dir / "checkpoints"
-        self.records_dir = self.dir / "records"
-
-    def prepare(self) -> None:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        resolved = self.config.model_dump(mode="json")
-        path = self.dir / "config.json"
-        if path.exists() and self.last_step() > 0:
-            old = json.loads(path.read_text())
-            keys = set(old) | set(resolved)
-            free = ("steps", "out", "workers", "ray_address", "sync_dir")  # where/how long, not what
-            changed = sorted(k for k in keys if k not in free and old.get(k) != resolved.get(k))
-            if changed:
-                raise SystemExit(f"{path}: cannot resume with a different config (changed: {changed})")
-        path.write_text(json.dumps(resolved, indent=2))
-
-    def checkpoint_path(self, step: int) -> Path:
-        return self.ckpt_dir / f"step-{step:04d}"
-
-    def last_step(self) -> int:
-        steps = [int(p.name.split("-")[1]) for p in self.ckpt_dir.glob("step-[0-9]*") if p.is_dir()]
-        steps = [s for s in steps if (self.checkpoint_path(s) / "meta.json").exists()]
-        return max(steps, default=0)
-
-    def prune(self) -> None:
-        steps = sorted(int(p.name.split("-")[1]) for p in self.ckpt_dir.glob("step-[0-9]*") if p.is_dir())
-        for s in steps[: -self.config.keep_checkpoints]:
-            shutil.rmtree(self.checkpoint_path(s), ignore_errors=True)
-
-    def append(self, name: str, row: dict[str, Any]) -> None:
-        with open(self.dir / name, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def metrics(self) -> list[dict[str, Any]]:
-        path = self.dir / "metrics.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-    def checkpoint_name(self, step: int) -> str:
-        return f"{self.config.name}/step-{step}" if step else f"{self.config.name}/base"
-
-
-def _maybe_kill(step: int, point: str) -> None:
-    if os.environ.get(KILL_ENV) == f"{step}:{point}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def episode_metrics(records: list[EpisodeRecord]) -> dict[str, float]:
-    """Means over a step's episodes: reward and each rubric component, accuracy, turns, cells,
-    sub-calls, tokens, and the share excluded from training."""
-    if not records:
-        return {}
-    n = len(records)
-    out: dict[str, float] = {}
-    keys = sorted({k for r in records for k in r.rewards})
-    for k in keys:
-        out[f"reward/{k}"] = sum(float(r.rewards.get(k, 0.0)) for r in records) / n
-    out["episode/accuracy"] = sum(float(r.rewards.get("correctness", 0.0)) for r in records) / n
-    out["episode/answered"] = sum(1.0 for r in records if r.answer.status != "none") / n
-    out["episode/turns"] = sum(r.budget.get("root_turns", 0) for r in records) / n
-    out["episode/cells"] = sum(len(r.cells) for r in records) / n
-    out["episode/sub_calls"] = sum(r.budget.get("sub_calls", 0) for r in records) / n
-    out["episode/root_tokens"] = (
-        sum(
-            r.budget.get("root_prompt_tokens", 0) + r.budget.get("root_completion_tokens", 0) for r in records
-        )
-        / n
-    )
-    out["episode/sampled_tokens"] = sum(sum(s.loss_mask) for r in records for s in r.root_samples()) / n
-    out["episode/wall_s"] = sum(r.wall_time_s for r in records) / n
-    return out
 
 
 class Trainer:
     """Holds the learner, the engines and the run folder for one `train()` call."""
 
     def __init__(
-        self, config: TrainConfig, model_path: str, *, root_model: Any = None, sub_model: Any = None
+        self,
+        config: TrainConfig,
+        model_path: str,
+        *,
+        root_model: Any = None,
+        sub_model: Any = None,
+        learner: Any = None,
     ):
         """`root_model`/`sub_model`: already started engines to use (and leave open), e.g. one
-        engine shared by several runs in a test; None starts (and later closes) our own."""
+        engine shared by several runs in a test; None starts (and later closes) our own.
+        `learner`: a ready learner (Ray Train's rank 0 passes one that drives the other ranks);
+        None loads one from the config."""
         self.config = config
         self.model_path = model_path
         self.run = Run(config)
-        self.learner: Any = None
+        self.learner: Any = learner
         self.root_model: Any = root_model
         self.sub_model: Any = sub_model if sub_model is not None else root_model
         self._owned: list[Any] = []
         self.rollouts: Any = None
         self.rubric: Any = None
         self.tb: Any = None
-        self.version_names: dict[str, str] = {}
+        self.engine_step = 0
+        """The step whose weights the engines serve (0: base), as of the last sync."""
+        self._pending: dict[int, tuple[asyncio.Task, int]] = {}
+        """Rollouts launched ahead: step -> (task, the engines' step when it was launched)."""
+        self._launch_step = 0
+        """The engines' step when the batch being trained was launched (see training/lag.py)."""
 
     # ---- setup ----------------------------------------------------------------------------
     def _start_engines(self) -> None:
         from rlm_env.models import EngineConfig, build_model
         from training.rollout import Rollouts
 
-        engine = EngineConfig(**self.config.rollout.engine)
+        engine = EngineConfig(
+            **{"placement_strategy": self.config.placement_strategy, **self.config.rollout.engine}
+        )
         if self.root_model is None:
             console.print(f"starting the vLLM engine for {self.model_path} (~30-60 s on CPU)")
             self.root_model = build_model(self.model_path, role="root", config=engine)
@@ -181,14 +118,14 @@ class Trainer:
     def _sync_path(self) -> Path:
         return Path(self.config.sync_dir) / self.config.name.replace("/", "_")
 
-    async def _sync(self, step: int) -> dict[str, float]:
+    async def sync(self, step: int) -> dict[str, float]:
+        """The learner's weights into the engines, named "<run>/step-<step>" ("<run>/base")."""
         from training.sync import sync_weights
 
-        name = self.run.checkpoint_name(step)
-        result = await sync_weights(self.learner, self.root_model, self._sync_path(), name)
-        if result.weight_version is not None:
-            self.version_names[f"v{result.weight_version}"] = name
-            (self.run.dir / "checkpoints.json").write_text(json.dumps(self.version_names, indent=2))
+        result = await sync_weights(
+            self.learner, self.root_model, self._sync_path(), self.run.checkpoint_name(step)
+        )
+        self.engine_step = step
         return {
             "time/sync_s": result.total_s,
             "time/sync_export_s": result.export_s,
@@ -240,10 +177,14 @@ class Trainer:
             raise SystemExit(f"sft: no usable samples in the data ({stats.as_dict()})")
         return items, stats
 
-    async def _rollout(self, step: int, copies: int) -> tuple[list[EpisodeRecord], dict[str, float]]:
+    # ---- rollouts, possibly ahead of the learner --------------------------------------------
+    def _copies(self) -> int:
+        return self.config.grpo.group_size if self.config.mode == "grpo" else self.config.rft.samples_per_task
+
+    async def _sample(self, step: int) -> tuple[list[EpisodeRecord], dict[str, float]]:
         from training.rollout import group_jobs, score, step_tasks, write_records
 
-        jobs = group_jobs(step_tasks(self.config.rollout, step), copies, step)
+        jobs = group_jobs(step_tasks(self.config.rollout, step), self._copies(), step)
         path = self.run.records_dir / f"step-{step:04d}.jsonl"
         started = time.perf_counter()
         records = await self.rollouts.run(jobs, path)
@@ -252,68 +193,32 @@ class Trainer:
         write_records(path, records)
         return records, {"time/rollout_s": rollout_s, "time/scoring_s": scoring_s}
 
-    # ---- steps ----------------------------------------------------------------------------
-    async def _grpo_step(self, step: int) -> tuple[dict[str, float], list[str]]:
-        g = self.config.grpo
-        records, times = await self._rollout(step, g.group_size)
-        items, stats = grpo_items(
+    def _launch(self, step: int) -> None:
+        if step not in self._pending and step <= self.config.steps:
+            self._pending[step] = (asyncio.ensure_future(self._sample(step)), self.engine_step)
+
+    async def rollout(self, step: int) -> tuple[list[EpisodeRecord], dict[str, float]]:
+        """Step `step`'s scored episodes; then the next `max_policy_lag` steps' rollouts are
+        launched, to run while the learner trains this one."""
+        self._launch(step)
+        task, self._launch_step = self._pending.pop(step)
+        waited = time.perf_counter()
+        records, times = await task
+        times["time/rollout_wait_s"] = time.perf_counter() - waited  # < rollout_s when it overlapped
+        for ahead in range(step + 1, step + 1 + self.config.rollout.max_policy_lag):
+            self._launch(ahead)
+        return records, times
+
+    def drop_stale(self, records: list[EpisodeRecord], step: int) -> tuple[list[EpisodeRecord], LagStats]:
+        """Training step `step` updates the weights of step - 1: drop what is further behind."""
+        return drop_stale(
             records,
-            std_normalize=g.std_normalize,
-            max_seq_len=self.config.max_seq_len,
-            train_sub_calls=self.config.sub_call_policy == "trained",
+            learner_step=step - 1,
+            max_lag=self.config.rollout.max_policy_lag,
+            run_name=self.config.name,
+            launch_step=self._launch_step,
+            sub_calls=self.config.sub_call_policy == "trained",
         )
-        temperature = self.config.episode.root_sampling.temperature
-        sub_temperature = self.config.episode.sub_sampling.temperature
-        for item in items:
-            item.temperature = temperature if item.kind == "root" else sub_temperature
-        metrics: dict[str, float] = {**times, **episode_metrics(records)}
-        metrics.update({f"data/{k}": v for k, v in stats.as_dict().items()})
-        learner_s = 0.0
-        if items:
-            for _ in range(g.inner_steps):
-                m = self.learner.train_step(items, "grpo")
-                learner_s += m["learner_s"]
-            metrics.update({f"learner/{k}": v for k, v in m.items()})
-        metrics["time/learner_s"] = learner_s
-        _maybe_kill(step, "after_update")
-        metrics.update(await self._sync(step))
-        return metrics, [i.episode_id for i in items]
-
-    async def _rft_step(self, step: int) -> tuple[dict[str, float], list[str]]:
-        r = self.config.rft
-        records, times = await self._rollout(step, r.samples_per_task)
-        kept, rejected = rft_filter(
-            records,
-            reward_threshold=r.reward_threshold,
-            require_confirmed=r.require_confirmed,
-            dedup_by_code=r.dedup_by_code,
-        )
-        items, stats = sft_items(kept, max_seq_len=self.config.max_seq_len)
-        metrics: dict[str, float] = {**times, **episode_metrics(records)}
-        metrics["data/kept"] = len(kept)
-        metrics.update({f"data/rejected/{k}": v for k, v in rejected.items()})
-        learner_s = 0.0
-        if items:
-            size = self.config.batch_size
-            for _ in range(r.epochs_per_round):
-                for k in range(0, len(items), size):
-                    m = self.learner.train_step(items[k : k + size], "sft")
-                    learner_s += m["learner_s"]
-            metrics.update({f"learner/{k}": v for k, v in m.items()})
-        metrics["time/learner_s"] = learner_s
-        _maybe_kill(step, "after_update")
-        metrics.update(await self._sync(step))
-        return metrics, [i.episode_id for i in items]
-
-    def _sft_step(self, step: int, pool: list[TrainItem]) -> tuple[dict[str, float], list[str]]:
-        from training.distributed import sft_batch
-
-        batch = sft_batch(pool, step, self.config.batch_size, self.config.seed)
-        m = self.learner.train_step(batch, "sft")
-        _maybe_kill(step, "after_update")
-        return {f"learner/{k}": v for k, v in m.items()} | {"time/learner_s": m["learner_s"]}, [
-            i.episode_id for i in batch
-        ]
 
     # ---- the loop -------------------------------------------------------------------------
     async def train(self) -> list[dict[str, Any]]:
@@ -321,10 +226,12 @@ class Trainer:
 
         from rewards import Rubric, RubricConfig
         from training.learner import Learner
+        from training.steps import grpo_step, rft_step, sft_step
 
         config = self.config
         self.run.prepare()
-        self.learner = Learner.from_config(self.model_path, config)
+        if self.learner is None:
+            self.learner = Learner.from_config(self.model_path, config)
         self.rubric = Rubric(RubricConfig(**config.rubric))
         done = self.run.last_step()
         self.tb = SummaryWriter(str(self.run.dir / "tb"), purge_step=done + 1)
@@ -332,9 +239,8 @@ class Trainer:
             meta = self.learner.load_checkpoint(self.run.checkpoint_path(done))
             self._restore_metrics(meta)
             console.print(f"resuming {self.run.dir} after step {done}")
-        names = self.run.dir / "checkpoints.json"
-        self.version_names = json.loads(names.read_text()) if names.exists() else {}
         pool: list[TrainItem] = []
+        skipped = 0
         try:
             if config.mode == "sft":
                 pool, stats = await self._sft_pool()
@@ -343,7 +249,7 @@ class Trainer:
                 self._start_engines()
                 # The engines serve exactly the learner's policy before the first rollout: the
                 # resumed step's weights, or the base weights under this run's name ("<run>/base").
-                await self._sync(done)
+                await self.sync(done)
             columns = (
                 TextColumn(f"[bold]{config.mode}"),
                 BarColumn(),
@@ -357,38 +263,42 @@ class Trainer:
                 for step in range(done + 1, config.steps + 1):
                     started = time.perf_counter()
                     if config.mode == "sft":
-                        metrics, trained = self._sft_step(step, pool)
+                        metrics, trained = await sft_step(self, step, pool)
                     elif config.mode == "rft":
-                        metrics, trained = await self._rft_step(step)
+                        metrics, trained = await rft_step(self, step)
                     else:
-                        metrics, trained = await self._grpo_step(step)
+                        metrics, trained = await grpo_step(self, step)
                     metrics["time/step_s"] = time.perf_counter() - started
                     row = {"step": step, "checkpoint": self.run.checkpoint_name(step), **metrics}
                     self.learner.save_checkpoint(
                         self.run.checkpoint_path(step), {"step": step, "metrics": row, "trained": trained}
                     )
-                    _maybe_kill(step, "after_checkpoint")
+                    maybe_kill(step, "after_checkpoint")
                     self._log(row, trained)
                     self.run.prune()
-                    reward = metrics.get("reward/reward")
-                    desc = f"loss {metrics.get('learner/loss', float('nan')):.3f}"
-                    if reward is not None:
-                        desc += f"  reward {reward:.3f}"
-                    progress.update(bar, advance=1, description=desc)
+                    skipped += int(metrics.get("learner/skipped", 0))
+                    progress.update(bar, advance=1, description=step_description(metrics, skipped))
         finally:
-            if self.tb is not None:
-                self.tb.close()
-            if self.rollouts is not None:
-                await self.rollouts.close()
-            for client in self._owned:
-                await client.close()
-            if self._owned:  # our engines are gone: free the RAM disk (a resumed run rewrites it)
-                shutil.rmtree(self._sync_path(), ignore_errors=True)
+            await self._close()
         if self.run.last_step() == config.steps:
             self.learner.save_adapter(self.run.dir / "adapter")
         rows = self.run.metrics()
         plot_curves(rows, self.run.dir / "reward_curve.png", config.mode)
         return rows
+
+    async def _close(self) -> None:
+        for task, _ in self._pending.values():  # rollouts launched ahead of an aborted run
+            task.cancel()
+        await asyncio.gather(*(t for t, _ in self._pending.values()), return_exceptions=True)
+        self._pending.clear()
+        if self.tb is not None:
+            self.tb.close()
+        if self.rollouts is not None:
+            await self.rollouts.close()
+        for client in self._owned:
+            await client.close()
+        if self._owned:  # our engines are gone: free the RAM disk (a resumed run rewrites it)
+            shutil.rmtree(self._sync_path(), ignore_errors=True)
 
     def _log(self, row: dict[str, Any], trained: list[str]) -> None:
         self.run.append("metrics.jsonl", row)
@@ -406,31 +316,19 @@ class Trainer:
             self._log(row, meta.get("trained", []))
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, mode: str) -> Path | None:
-    """Reward (rft/grpo) or loss (sft) per step, as a PNG."""
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if any("reward/reward" in r for r in rows):
-        ax.plot(steps, [r.get("reward/reward", float("nan")) for r in rows], marker="o", label="reward")
-        ax.plot(steps, [r.get("episode/accuracy", float("nan")) for r in rows], marker=".", label="accuracy")
-        ax.set_ylabel("mean over the step's episodes")
+def step_description(metrics: dict[str, float], skipped: int) -> str:
+    """The progress bar's text: the step's loss, or "skipped" when it had no trainable sample
+    (no optimizer step, so no loss to show), with the run's count of skipped steps."""
+    if "learner/loss" in metrics:
+        desc = f"loss {metrics['learner/loss']:.3f}"
     else:
-        ax.plot(steps, [r.get("learner/loss", float("nan")) for r in rows], marker="o", label="loss")
-        ax.set_ylabel("loss")
-    ax.set_xlabel("step")
-    ax.set_title(f"rlm-env train ({mode})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+        desc = "skipped (no trainable sample)"
+    if skipped:
+        desc += f"  skipped steps {skipped}"
+    reward = metrics.get("reward/reward")
+    if reward is not None:
+        desc += f"  reward {reward:.3f}"
+    return desc
 
 
 def train(config: TrainConfig) -> list[dict[str, Any]]:

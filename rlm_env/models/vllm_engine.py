@@ -87,6 +87,7 @@ def engine_args(model: str, config: EngineConfig) -> Any:
         gpu_memory_utilization=config.gpu_memory_utilization,
         kv_cache_memory_bytes=int(config.kvcache_gb * GIB),
         seed=config.seed,
+        tensor_parallel_size=config.tensor_parallel_size,
         logprobs_mode=config.logprobs_mode,
         enable_prefix_caching=config.enable_prefix_caching,
         disable_log_stats=True,
