@@ -72,3 +72,37 @@ async def test_doubles_and_shared_cache():
         "openai:http://127.0.0.1:9/v1#m", role="sub", config=separate
     )
     await close_all_models()
+
+
+async def test_a_reload_drops_the_prefix_cache_even_with_requests_running():
+    """The KV cached before a reload came from the old weights. vLLM's plain reset refuses while
+    any request holds blocks (it only logs a warning), and later prompts would then reuse that
+    stale KV; a replica therefore asks it to preempt the running requests, and a refusal that
+    remains is an error, never silence. (The engine here is a double that records the calls;
+    tests/test_training_engine.py reloads a real one under a policy lag.)"""
+    from rlm_env.models.vllm_engine import VLLMReplica
+
+    class Engine:
+        def __init__(self, reset_ok: bool):
+            self.calls: list = []
+            self.reset_ok = reset_ok
+
+        async def collective_rpc(self, method, kwargs):
+            self.calls.append((method, kwargs))
+
+        async def reset_prefix_cache(self, reset_running_requests=False):
+            self.calls.append(("reset_prefix_cache", reset_running_requests))
+            return self.reset_ok or not reset_running_requests
+
+    replica = VLLMReplica("m", EngineConfig().model_dump(), "smol/r0")
+    replica.engine = Engine(reset_ok=True)
+    assert await replica.reload_weights("/w", checkpoint="run/step-1") == 1
+    assert replica.engine.calls == [
+        ("reload_weights", {"weights_path": "/w"}),
+        ("reset_prefix_cache", True),
+    ]
+    assert replica.checkpoint == "run/step-1" and not replica.reloading
+    replica.engine = Engine(reset_ok=False)
+    with pytest.raises(RuntimeError, match="prefix cache"):
+        await replica.reload_weights("/w2", checkpoint="run/step-2")
+    assert not replica.reloading and replica.checkpoint is None  # no name for unsure weights

