@@ -337,3 +337,42 @@ def test_progress_says_skipped_for_a_step_without_a_loss():
     assert step_description({"learner/loss": 0.5, "reward/reward": 0.25}, 0) == "loss 0.500  reward 0.250"
     text = step_description({"learner/skipped": 1.0, "reward/reward": 0.0}, 2)
     assert "skipped" in text and "nan" not in text and "skipped steps 2" in text
+
+
+def test_every_learner_step_runs_on_the_trainers_one_learner_thread(tmp_path):
+    """Steps run off the event loop (rollouts launched ahead keep going) but always on the same
+    thread: glibc gives each thread its own malloc arena, which keeps a step's freed activations,
+    so spreading steps over asyncio's shared executor grew the process by a step's peak per
+    thread it happened to use."""
+    import asyncio
+    import threading
+
+    from rlm_env.episode import TrajectoryWriter
+    from training.run import Trainer
+
+    data = tmp_path / "data.jsonl"
+    with TrajectoryWriter(data) as w:
+        for k in range(4):
+            w.write(make_record(f"e{k}", f"t{k}", 1.0, prompt=6, sampled=5 + k, seed=k))
+    config = load_train_config(
+        data={
+            "mode": "sft",
+            "out": str(tmp_path / "run"),
+            "steps": 3,
+            "batch_size": 2,
+            "sft": {"data": [str(data)]},
+        }
+    )
+    learner = Learner(wrap_adapter(tiny_llama(), config), config)
+    threads = []
+    step = learner.train_step
+
+    def recording_step(items, objective):
+        threads.append(threading.current_thread())
+        return step(items, objective)
+
+    learner.train_step = recording_step
+    rows = asyncio.run(Trainer(config, "unused", learner=learner).train())
+    assert [r["step"] for r in rows] == [1, 2, 3] and len(threads) == 3
+    assert len(set(threads)) == 1 and threads[0].name.startswith("learner")
+    assert threads[0] is not threading.main_thread()

@@ -51,6 +51,7 @@ from rlm_env.episode import EpisodeRecord, read_records
 from training.config import TrainConfig, load_train_config
 from training.data import BatchStats, TrainItem, sft_items
 from training.lag import LagStats, drop_stale
+from training.learner_thread import LearnerThread
 from training.run_folder import KILL_ENV, Run, episode_metrics, maybe_kill, plot_curves
 
 __all__ = ["KILL_ENV", "Run", "Trainer", "episode_metrics", "main", "plot_curves", "train"]
@@ -89,6 +90,8 @@ class Trainer:
         """Rollouts launched ahead: step -> (task, the engines' step when it was launched)."""
         self._launch_step = 0
         """The engines' step when the batch being trained was launched (see training/lag.py)."""
+        self.learner_thread = LearnerThread()
+        """Every learner step and weight export runs on this one thread (see its module)."""
 
     # ---- setup ----------------------------------------------------------------------------
     def _start_engines(self) -> None:
@@ -123,7 +126,11 @@ class Trainer:
         from training.sync import sync_weights
 
         result = await sync_weights(
-            self.learner, self.root_model, self._sync_path(), self.run.checkpoint_name(step)
+            self.learner,
+            self.root_model,
+            self._sync_path(),
+            self.run.checkpoint_name(step),
+            offload=self.learner_thread.run,
         )
         self.engine_step = step
         return {
@@ -299,6 +306,7 @@ class Trainer:
             await client.close()
         if self._owned:  # our engines are gone: free the RAM disk (a resumed run rewrites it)
             shutil.rmtree(self._sync_path(), ignore_errors=True)
+        self.learner_thread.close()
 
     def _log(self, row: dict[str, Any], trained: list[str]) -> None:
         self.run.append("metrics.jsonl", row)

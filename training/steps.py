@@ -5,15 +5,15 @@
 - `rft_step`: the round's rollouts, the filter, `epochs_per_round` passes of SFT, the reload;
 - `sft_step`: one optimizer step on the step's seeded batch of the data pool.
 
-The learner runs in a worker thread (`asyncio.to_thread`), so rollouts launched ahead keep
-running on the event loop while it computes (torch releases the GIL in its kernels). A step with
+The learner runs on the trainer's own learner thread (training/learner_thread.py), so rollouts
+launched ahead keep running on the event loop while it computes (torch releases the GIL in its
+kernels). A step with
 no trainable sample takes no optimizer step: its row says `learner/skipped = 1` and has no loss.
 Each returns (metrics, ids of the episodes it trained on).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from training.data import TrainItem, grpo_items, rft_filter, sft_items
@@ -25,7 +25,7 @@ async def learn(trainer: Any, batches: list[list[TrainItem]], objective: str) ->
     metrics: dict[str, float] = {}
     learner_s = 0.0
     for batch in batches:
-        m = await asyncio.to_thread(trainer.learner.train_step, batch, objective)
+        m = await trainer.learner_thread.run(trainer.learner.train_step, batch, objective)
         learner_s += m["learner_s"]
     if batches:
         metrics.update({f"learner/{k}": v for k, v in m.items()})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,19 @@ def accepts_checkpoint(client: Any) -> bool:
         return False
 
 
-async def sync_weights(learner: Any, client: Any, directory: str | Path, checkpoint: str) -> SyncResult:
-    """Export the learner's merged weights to `directory` and reload them into `client`."""
+async def sync_weights(
+    learner: Any,
+    client: Any,
+    directory: str | Path,
+    checkpoint: str,
+    *,
+    offload: Callable[..., Awaitable[Any]] = asyncio.to_thread,
+) -> SyncResult:
+    """Export the learner's merged weights to `directory` and reload them into `client`.
+    The export runs through `offload(fn, *args)` (the trainer passes its learner thread's
+    `run`, training/learner_thread.py), so rollouts launched ahead keep running meanwhile."""
     started = time.perf_counter()
-    # In a thread: rollouts launched ahead (max_policy_lag > 0) keep running meanwhile.
-    await asyncio.to_thread(learner.export_weights, directory)
+    await offload(learner.export_weights, directory)
     exported = time.perf_counter()
     named = accepts_checkpoint(client)
     if named:
