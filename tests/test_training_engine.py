@@ -96,6 +96,7 @@ async def assert_engine_serves_learner(engine, learner, prompt_ids: list[int]) -
         base = recompute_logprobs(learner.model, prompt_ids, ids)
     to_trained = compare_logprobs(completion.logprobs, trained)["mean_abs"]
     to_base = compare_logprobs(completion.logprobs, base)["mean_abs"]
+    print(f"\n[engine vs learner] mean |logprob diff| {to_trained:.4f} (vs base weights {to_base:.4f})")
     assert to_trained < TOLERANCE, (to_trained, to_base)
     assert to_trained < to_base, (to_trained, to_base)
 
