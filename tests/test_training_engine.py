@@ -19,7 +19,7 @@ import pytest
 
 from rlm_env.episode import read_records
 from rlm_env.models.base import SamplingParams
-from rlm_env.models.logprob_check import compare_logprobs, recompute_logprobs
+from rlm_env.models.logprob_check import ENGINE_MEAN_ABS_TOLERANCE, compare_logprobs, recompute_logprobs
 from training.config import load_train_config
 from training.data import exclusion
 from training.run import Trainer
@@ -31,8 +31,14 @@ SHORT_PROMPT = (
     "Write Python code in ```repl blocks; you will see their output. When you know the answer, call "
     "FINAL(answer) inside a ```repl block."
 )
-TOLERANCE = 0.06
-"""Mean |engine - learner| logprob per token: bf16 engine vs fp32 learner measured 0.01-0.03."""
+TOLERANCE = ENGINE_MEAN_ABS_TOLERANCE
+"""Mean |engine - learner| logprob per token after an update (0.1 nats). Two bf16 effects add up:
+the engine's bf16 compute (on the base weights 0.01-0.05) and the export, which rounds the
+learner's fp32 merged weights (base + LoRA delta) to bf16; the base weights were bf16 already,
+so the rounding only appears after training. Measured on a finished GRPO run of this test
+(main, step 2, transformers in place of the engine): rounding alone 0.058, bf16 compute alone
+0.029, both 0.060; the old 0.06 bound sat on the expected value and failed at 0.082. Stale
+weights, by contrast, are ~1 nat away (that run's step-1 logprobs vs step 2: 1.07)."""
 
 
 def tiny(mode: str, out: Path, **extra) -> dict:
