@@ -7,7 +7,9 @@ printed and written to `summary.json`.
 
 A run is resumable: if the output folder already holds records, episodes whose ids are there are
 not run again, so an interrupted evaluation picks up where it stopped and no finished episode is
-lost or repeated. If the disk fills up while writing, the run stops with a clear message; every
+lost or repeated. An episode whose record says infrastructure failed (an engine killed for
+memory, a sandbox that would not start) measured nothing about the model: a resumed run moves
+its record to `trajectories.infra.jsonl` (kept, for the audit) and runs the episode again. If the disk fills up while writing, the run stops with a clear message; every
 record written before that stays intact.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import statistics
 import time
@@ -154,6 +157,29 @@ def episode_id_for(task: Task) -> str:
     return re.sub(r"[^A-Za-z0-9_.:-]+", "_", task.id)
 
 
+def _resume(path: Path) -> dict[str, EpisodeRecord]:
+    """The finished episodes in `path` by id, less those flagged infra_failure: their records move
+    to `trajectories.infra.jsonl` (appended, fsync'd before `path` is rewritten without them, so a
+    kill in between leaves a record twice, never nowhere) and their episodes run again."""
+    if not path.exists():
+        return {}
+    records = read_records(path)
+    failed = [r for r in records if r.flags.infra_failure]
+    if failed:
+        with open(path.with_name("trajectories.infra.jsonl"), "a", encoding="utf-8") as f:
+            f.writelines(r.to_json() + "\n" for r in failed)
+            f.flush()
+            os.fsync(f.fileno())
+        kept = path.with_name(path.name + ".tmp")
+        with open(kept, "w", encoding="utf-8") as f:
+            f.writelines(r.to_json() + "\n" for r in records if not r.flags.infra_failure)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(kept, path)
+        console.print(f"{len(failed)} episode(s) failed on infrastructure: running them again")
+    return {r.episode_id: r for r in records if not r.flags.infra_failure}
+
+
 async def run_eval(
     config: EvalConfig,
     episode_config: EpisodeConfig,
@@ -165,7 +191,7 @@ async def run_eval(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "trajectories.jsonl"
-    done = {r.episode_id: r for r in read_records(path)} if path.exists() else {}
+    done = _resume(path)
     todo = [t for t in tasks if episode_id_for(t) not in done]
     if done:
         console.print(f"resuming: {len(done)} episode(s) already in {path}, {len(todo)} to run")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from rlm_env.bench.quality import run_plain_arm, table_rows, write_outputs
 from rlm_env.episode.record import EpisodeRecord
-from rlm_env.models.base import Completion
+from rlm_env.models.base import Completion, ModelError
 from rlm_env.tasks.base import Task
 
 
@@ -60,6 +62,29 @@ def test_plain_arm_resumes_and_skips_a_torn_line(tmp_path):
         f.write('{"task_id": "t2", "sco')  # a kill mid-write
     rows = asyncio.run(run_plain_arm(tasks, model, 2048, path))
     assert model.calls == 3 and [r["task_id"] for r in rows] == ["t0", "t1", "t2"]
+
+
+class _FailingOnceModel(_CountingModel):
+    """Times out on task t1's first call, as an engine starved of CPU does."""
+
+    async def generate(self, messages, sampling, **_):
+        if "t1-marker" in str(messages) and not getattr(self, "failed", False):
+            self.failed = True
+            raise ModelError("request timed out after 300.0 s")
+        return await super().generate(messages, sampling)
+
+
+def test_plain_arm_keeps_the_other_calls_when_the_engine_fails_one(tmp_path):
+    tasks = [
+        Task(f"t{i}", f"t{i}-marker " * 20, "What?", "42", "exact", {"length_label": "1k"}) for i in range(3)
+    ]
+    path = tmp_path / "plain.jsonl"
+    model = _FailingOnceModel()
+    with pytest.raises(SystemExit, match="1 plain call"):
+        asyncio.run(run_plain_arm(tasks, model, 2048, path))
+    assert sorted(json.loads(line)["task_id"] for line in path.read_text().splitlines()) == ["t0", "t2"]
+    rows = asyncio.run(run_plain_arm(tasks, model, 2048, path))  # the resume runs only t1
+    assert [r["task_id"] for r in rows] == ["t0", "t1", "t2"] and model.calls == 3
 
 
 def test_an_arm_not_run_at_a_length_has_no_number_there():

@@ -228,6 +228,38 @@ def test_fixed_style_uses_the_same_names_in_every_episode():
     assert len({v.split("```repl", 1)[1].split("\n")[4] for v in varied}) > 1  # names differ when varied
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_any_value_pattern_finds_the_answer_in_the_keys_line(split):
+    """The fixed style's one regex for every value shape: its first match in the line that names
+    the key is the answer, for every needle kind and template (24 tasks a split)."""
+
+    def line_at(text, pos):
+        start = text.rfind("\n", 0, pos) + 1
+        end = text.find("\n", pos)
+        return text[start : end if end != -1 else len(text)]
+
+    kinds = set()
+    for seed in range(24):
+        task = niah.generate(seed=seed, length_tokens=3000, split=split)
+        key = re.search(r"\b[a-z]+-[a-z]+\b", task.question).group(0)
+        pattern = r"(?<![\w-])" + re.escape(key) + r"(?![\w-])"
+        lines = [line_at(task.context, m.start()) for m in re.finditer(pattern, task.context)]
+        values = [m.group(1) for line in lines for m in [re.search(niah_expert.ANY_VALUE_PATTERN, line)] if m]
+        assert values and values[0] == task.expected_answer, (task.question, lines)
+        kinds.add(niah_expert._kind(task.question))
+    assert kinds == {"number", "code", "phrase"}
+    fixed = [
+        niah_expert.script(f"e{i}", q, "regex-window", style="fixed")[1]
+        for i, q in enumerate(
+            ["What is the magic number of humble-tulip?", "Which passcode unlocks humble-tulip?"]
+        )
+    ]
+    for script in fixed:
+        next(script)
+        extraction = script.send("key: humble-tulip | hits: 1")
+        assert repr(niah_expert.ANY_VALUE_PATTERN) in extraction
+
+
 def _demos_under(tasks, tokenizer, strategy, family, max_tokens):
     """Like `_demos`, under a root `max_tokens` (the training recipe's episodes use 400)."""
     from rlm_env.episode.config import config_from_dict

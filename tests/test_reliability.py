@@ -58,6 +58,29 @@ async def test_interrupted_eval_resumes_without_losing_or_repeating(tmp_path):
     assert len(records) == 8 and all(r.answer.status == "confirmed" for r in records)
 
 
+async def test_resumed_eval_runs_infra_failed_episodes_again_and_keeps_their_records(tmp_path):
+    """An infra-failed episode measured nothing about the model: a resumed run runs it again,
+    keeps the failed record aside, and leaves every other finished episode alone."""
+    config = EvalConfig(out=str(tmp_path), concurrency=2)
+    episode_config = config_from_dict({})
+    all_tasks = tasks(4)
+    await run_eval(config, episode_config, all_tasks, always(ANSWER), UpperCaseSubModel(), None)
+    path = tmp_path / "trajectories.jsonl"
+    records = read_records(path)
+    failed_id = records[1].episode_id
+    records[1].flags.infra_failure = True  # as an engine killed for memory leaves it
+    path.write_text("".join(r.to_json() + "\n" for r in records))
+
+    policy = always(ANSWER)
+    again = await run_eval(config, episode_config, all_tasks, policy, UpperCaseSubModel(), None)
+    assert len(policy.seen) == 1  # only the infra-failed episode ran again
+    final = read_records(path)
+    assert sorted(r.episode_id for r in final) == sorted(episode_id_for(t) for t in all_tasks)
+    assert not any(r.flags.infra_failure for r in final) and len(again) == 4
+    kept = read_records(tmp_path / "trajectories.infra.jsonl")
+    assert [(r.episode_id, r.flags.infra_failure) for r in kept] == [(failed_id, True)]
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 96 KiB tmpfs: the real ENOSPC path. Needs root (CI and these machines run as root)."""

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rlm_env.episode.config import load_config
-from rlm_env.evaluate import EvalConfig, episode_id_for, run_eval
-from rlm_env.models.base import SamplingParams
+from rlm_env.evaluate import EvalConfig, console, episode_id_for, run_eval
+from rlm_env.models.base import ModelError, SamplingParams
 from rlm_env.tasks.base import ContextDir, ContextFile, Task
 
 PLAIN_SYSTEM = "Answer the question about the document. Reply with the answer only."
@@ -203,16 +203,27 @@ async def run_plain_arm(tasks: list[Task], model: Any, window: int, path: Path) 
     todo = [t for t in tasks if t.id not in done]
     semaphore = asyncio.Semaphore(8)
 
-    async def one(task: Task) -> dict[str, Any]:
+    async def one(task: Task) -> dict[str, Any] | None:
         async with semaphore:
-            return await plain_call(model, task, window, 64)
+            try:
+                return await plain_call(model, task, window, 64)
+            except ModelError as e:  # the engine failed, not the model: no row, run it next time
+                console.print(f"[yellow]plain call for {task.id} failed ({e}); it runs again on resume")
+                return None
 
     with open(path, "a") as f:
         for future in asyncio.as_completed([one(t) for t in todo]):
             row = await future
+            if row is None:
+                continue
             f.write(json.dumps(row, default=str) + "\n")
             f.flush()
             done[row["task_id"]] = row
+    missing = [t.id for t in tasks if t.id not in done]
+    if missing:
+        raise SystemExit(
+            f"{len(missing)} plain call(s) failed on the engine; run the same command again to finish them"
+        )
     return [done[t.id] for t in tasks]
 
 

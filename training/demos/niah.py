@@ -39,6 +39,11 @@ VALUE_PATTERNS = {
 }
 """Two regexes per value kind (group 1 is the value), for variety."""
 
+ANY_VALUE_PATTERN = r'((?<!\d)\d{7}(?!\d)|\b[A-Z]\d-[A-Z]{2}\d{2}\b|(?<=")[a-z]+ [a-z]+ [a-z]+(?="))'
+"""Every value shape in one regex (group 1 is the value, a phrase without its quotes). Within the
+line that names the key it finds the value whatever the question calls it; on 160 train and test
+tasks at 8K and 30 at 128K its first match in the key's line was the answer every time."""
+
 _SHAPE_WORDS = {"number": "a seven-digit number", "code": "a code like A1-BC23", "phrase": "a quoted phrase"}
 
 
@@ -396,10 +401,13 @@ _SCRIPTS = {
 }
 
 
-def _fixed_style(kind: str) -> _Style:
+def _fixed_style() -> _Style:
     """One set of names for every episode (`style="fixed"`): a 135M model trained on the varied
     styles blended them (a name defined in one cell, another used in the next: NameError in 10
-    of 20 held-out episodes), so the narrow stage of the recipe uses this one."""
+    of 20 held-out episodes), so the narrow stage of the recipe uses this one. It extracts with
+    `ANY_VALUE_PATTERN` rather than the question kind's regex: a model trained on per-kind regexes
+    picked the wrong shape for held-out wordings ("registration tag" read as a number: codes 6/24
+    right at 8K-10M), and a regex that accepts every shape leaves nothing to pick."""
     return _Style(
         key="key",
         hits="hits",
@@ -408,7 +416,7 @@ def _fixed_style(kind: str) -> _Style:
         window=150,
         probe=200,
         key_from_question=True,
-        value_re=VALUE_PATTERNS[kind][0],
+        value_re=ANY_VALUE_PATTERN,
     )
 
 
@@ -423,5 +431,5 @@ def script(
     m = re.search(r"\b[a-z]+-[a-z]+\b", question)
     key = m.group(0) if m else question.split()[-1]
     kind = _kind(question)
-    styled = _fixed_style(kind) if style == "fixed" else _style(rng, kind)
+    styled = _fixed_style() if style == "fixed" else _style(rng, kind)
     return strategy, _SCRIPTS[strategy](question, key, kind, styled, rng)
