@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 from ray._private import services as ray_services
 
-from rlm_env.episode import TrajectoryWriter
-from tests.training_helpers import make_record, tiny_model_dir
+from tests.training_helpers import tiny_sft_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
@@ -118,15 +117,10 @@ def _cluster_pids(temp_dir: str) -> list[int]:
 
 
 def test_train_attaches_to_a_running_cluster(tmp_path):
-    model = tiny_model_dir(tmp_path / "model")
-    data = tmp_path / "data.jsonl"
-    with TrajectoryWriter(data) as w:
-        for k in range(4):
-            w.write(make_record(f"e{k}", f"t{k}", 1.0, prompt=6, sampled=5 + k, seed=k))
-    config = tmp_path / "sft.toml"
-    config.write_text(
-        f'mode = "sft"\nmodel = "{model}"\nsteps = 1\nbatch_size = 2\nmicro_batch = 1\n'
-        f'learner_cpus = 0.5\nplacement_strategy = "STRICT_PACK"\n[sft]\ndata = ["{data}"]\n'
+    config = tiny_sft_config(
+        tmp_path,
+        4,
+        'steps = 1\nbatch_size = 2\nmicro_batch = 1\nlearner_cpus = 0.5\nplacement_strategy = "STRICT_PACK"',
     )
     temp_dir = tempfile.mkdtemp(prefix="rlmray", dir="/tmp")  # short: Ray's socket paths are capped
     head, address = start_head(temp_dir)

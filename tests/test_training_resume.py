@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rlm_env.episode import TrajectoryWriter
-from tests.training_helpers import make_record, tiny_model_dir
+from tests.training_helpers import tiny_sft_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,16 +34,7 @@ def _train(config: Path, out: Path, kill_at: str | None) -> int:
 
 
 def test_killed_run_resumes_and_repeats_no_step(tmp_path):
-    model = tiny_model_dir(tmp_path / "model")
-    data = tmp_path / "data.jsonl"
-    with TrajectoryWriter(data) as w:
-        for k in range(6):
-            w.write(make_record(f"e{k}", f"t{k}", 1.0, prompt=6, sampled=5 + k, seed=k))
-    config = tmp_path / "sft.toml"
-    config.write_text(
-        f'mode = "sft"\nmodel = "{model}"\nsteps = 4\nbatch_size = 2\nmicro_batch = 2\n'
-        f'precision = "fp32"\n[sft]\ndata = ["{data}"]\n'
-    )
+    config = tiny_sft_config(tmp_path, 6, 'steps = 4\nbatch_size = 2\nmicro_batch = 2\nprecision = "fp32"')
     out = tmp_path / "run"
     assert _train(config, out, "2:after_update") == -9  # killed before step 2's checkpoint
     assert _train(config, out, "3:after_checkpoint") == -9  # killed before step 3's logs

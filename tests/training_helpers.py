@@ -102,3 +102,18 @@ class ScriptedTokenPolicy:
 
     async def close(self):
         return None
+
+
+def tiny_sft_config(tmp_path: Path, records: int, settings: str) -> Path:
+    """An SFT config on a tiny random model (`tmp_path/model`) and `records` synthetic records
+    (`tmp_path/data.jsonl`); `settings`: more top-level TOML lines. Returns the config's path."""
+    from rlm_env.episode import TrajectoryWriter
+
+    model = tiny_model_dir(tmp_path / "model")
+    data = tmp_path / "data.jsonl"
+    with TrajectoryWriter(data) as w:
+        for k in range(records):
+            w.write(make_record(f"e{k}", f"t{k}", 1.0, prompt=6, sampled=5 + k, seed=k))
+    config = tmp_path / "sft.toml"
+    config.write_text(f'mode = "sft"\nmodel = "{model}"\n{settings}\n[sft]\ndata = ["{data}"]\n')
+    return config

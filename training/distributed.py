@@ -16,6 +16,11 @@ gradient is exactly the single-worker gradient of the whole batch (tests/test_tr
   load the same checkpoint from the run folder (on a multi-node cluster `out` must be on storage
   every node sees).
 
+At the end of a run every rank checksums its trainable weights and rank 0 writes them to
+`ranks.json` (`check_ranks_agree`): the ranks apply the same averaged gradient, so their weights
+must be identical; a rank that drifted (a missed step, a different batch) fails the run there
+rather than leaving rank 0's checkpoint as a silent stand-in for a learner that never agreed.
+
 The learner workers are placed by Ray Train's `ScalingConfig` (one bundle of `learner_cpus`
 CPUs, or a GPU with `device = "cuda"`, per worker, under `placement_strategy`). `--ray-address`
 attaches the whole run (engines, Ray Train workers) to an existing cluster.
@@ -75,8 +80,66 @@ def _sft_worker_loop(loop_config: dict[str, Any]) -> None:
             run.append("trained_on.jsonl", {"step": step, "episode_ids": trained})
             run.prune()
         dist.barrier()
+    check_ranks_agree(learner, run.dir, steps=config.steps - done)
     if rank == 0:
         plot_curves(run.metrics(), run.dir / "reward_curve.png", config.mode)
+
+
+def check_ranks_agree(learner: Any, run_dir: Path, *, steps: int) -> list[list[float]]:
+    """Collective, on every rank: each rank's checksum of its trainable weights (sum, sum of
+    squares, in float64) and the optimizer steps it took in this call; rank 0 writes them to
+    `<run>/ranks.json`. Raises on every rank when they differ: data-parallel ranks apply the same
+    all-reduced gradient, so anything but identical weights means a rank missed or changed a step."""
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        flat = [p.detach().double() for p in learner.params]
+        mine = torch.tensor(
+            [sum(float(t.sum()) for t in flat), sum(float((t * t).sum()) for t in flat), float(steps)],
+            dtype=torch.float64,
+        )
+    gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    checksums = [g.tolist() for g in gathered]
+    if dist.get_rank() == 0:
+        (run_dir / "ranks.json").write_text(
+            json.dumps({"workers": len(checksums), "checksum_steps": checksums}, indent=1)
+        )
+    if any(c != checksums[0] for c in checksums[1:]):
+        raise RuntimeError(f"data-parallel ranks disagree after training (sum, sum_sq, steps): {checksums}")
+    return checksums
+
+
+def ray_cpus_needed(config: TrainConfig) -> float:
+    """Ray CPUs a run reserves: `workers` learner bundles of `learner_cpus`, and for rft/grpo the
+    engine replicas' bundles (the root engine, and a frozen sub-model's engine of its own)."""
+    learner = config.workers * config.learner_cpus
+    if config.mode == "sft":
+        return learner
+    from rlm_env.models import EngineConfig
+
+    engine = EngineConfig(**config.rollout.engine)
+    engines = 2 if config.sub_call_policy == "frozen" else 1
+    # the engine pool's bundle: a token 0.01 CPU when actor_num_cpus is 0 (Ray refuses empty ones)
+    return learner + engines * engine.replicas * max(engine.actor_num_cpus, 0.01)
+
+
+def check_room(config: TrainConfig, cluster_cpus: float) -> None:
+    """Fail at once, with the fix, when the Ray instance this run started cannot hold its
+    bundles: the engines' placement group would otherwise wait out its start deadline behind
+    learner workers that hold every CPU (2 workers of 1 CPU on a 2-core machine)."""
+    need = ray_cpus_needed(config)
+    if need <= cluster_cpus + 1e-9:
+        return
+    engines = need - config.workers * config.learner_cpus
+    fit = max((cluster_cpus - engines) / config.workers, 0.0)
+    raise SystemExit(
+        f"workers={config.workers} learner workers of learner_cpus={config.learner_cpus:g} CPU"
+        + (f" plus the engines' bundles ({engines:g} CPU)" if engines else "")
+        + f" need {need:g} Ray CPUs; this Ray instance has {cluster_cpus:g}. Set learner_cpus"
+        f" to at most {int(fit * 100) / 100:g}, or attach to a larger cluster with --ray-address."
+    )
 
 
 def train_distributed(config: TrainConfig, model_path: str) -> list[dict[str, Any]]:
@@ -99,6 +162,8 @@ def train_distributed(config: TrainConfig, model_path: str) -> list[dict[str, An
         data.append(str((run.records_dir / "demos.jsonl").resolve()))
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
+    if not config.ray_address:  # a cluster may autoscale; the local instance will not
+        check_room(config, ray.cluster_resources().get("CPU", 0.0))
     out = str(Path(config.out).resolve())
     loop_config = {
         "config": config.model_copy(update={"out": out}).model_dump(mode="json"),
@@ -127,25 +192,40 @@ class BroadcastLearner:
     """Rank 0's learner for rft/grpo: each `train_step` first sends its items to every rank
     (the followers run the same step on them); everything else is the wrapped `Learner`'s."""
 
-    def __init__(self, learner: Any):
-        self._learner = learner
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._learner, name)
 
+    def __init__(self, learner: Any):
+        self._learner = learner
+        self.steps = 0
+        """Optimizer steps taken through this learner (what every follower must have taken)."""
+
     def train_step(self, items: list[Any], objective: str) -> dict[str, float]:
+        import torch.distributed as dist
+
         _broadcast(("train_step", items, objective))
-        return self._learner.train_step(items, objective)
+        metrics = self._learner.train_step(items, objective)
+        self.steps += 1
+        return {**metrics, "workers": float(dist.get_world_size())}
 
-    def stop(self) -> None:
-        """Release the followers (also after a failure on rank 0, so no rank waits forever)."""
-        _broadcast(None)
+    def stop(self, run_dir: Path | None = None) -> None:
+        """Release the followers (also after a failure on rank 0, so no rank waits forever).
+        With `run_dir` (a run that finished), every rank then checks the others' weights."""
+        _broadcast(None if run_dir is None else ("verify",))
+        if run_dir is not None:
+            check_ranks_agree(self._learner, run_dir, steps=self.steps)
 
 
-def follow(learner: Any) -> int:
-    """The other ranks' loop: take part in every step rank 0 announces, until it stops."""
+def follow(learner: Any, run_dir: Path | None = None) -> int:
+    """The other ranks' loop: take part in every step rank 0 announces, until it stops (and,
+    when rank 0 asks, check the ranks agree: `check_ranks_agree`)."""
     steps = 0
     while (message := _broadcast(None)) is not None:
+        if message[0] == "verify":
+            if run_dir is None:
+                raise RuntimeError("rank 0 asked to verify the ranks, but this rank has no run folder")
+            check_ranks_agree(learner, run_dir, steps=steps)
+            break
         _, items, objective = message
         learner.train_step(items, objective)
         steps += 1
@@ -171,17 +251,20 @@ def _rl_worker_loop(loop_config: dict[str, Any]) -> None:
 
     config = TrainConfig.model_validate(loop_config["config"])
     learner = Learner.from_config(loop_config["model_path"], config)
+    run = Run(config)
     if dist.get_rank() == 0:
         leader = BroadcastLearner(learner)
+        finished = False
         try:
             asyncio.run(Trainer(config, loop_config["model_path"], learner=leader).train())
+            finished = True
         finally:
-            leader.stop()
+            leader.stop(run.dir if finished else None)
     else:
-        done = Run(config).last_step()
+        done = run.last_step()
         if done:
-            learner.load_checkpoint(Run(config).checkpoint_path(done))
-        follow(learner)
+            learner.load_checkpoint(run.checkpoint_path(done))
+        follow(learner, run.dir)
 
 
 def gradient_probe_loop(loop_config: dict[str, Any]) -> None:
