@@ -193,9 +193,15 @@ def _items(n: int = 4) -> list[TrainItem]:
     return out
 
 
-def _grads(objective: str, micro_batch: int, normalization: str = "token") -> dict[str, torch.Tensor]:
+def _grads(
+    objective: str, micro_batch: int, normalization: str = "token", checkpointing: bool = False
+) -> dict[str, torch.Tensor]:
     config = TrainConfig(
-        mode="grpo", precision="fp32", micro_batch=micro_batch, grpo={"normalization": normalization}
+        mode="grpo",
+        precision="fp32",
+        micro_batch=micro_batch,
+        grpo={"normalization": normalization},
+        gradient_checkpointing=checkpointing,
     )
     learner = Learner(wrap_adapter(tiny_llama(), config), config)
     learner.optimizer.step = lambda: None  # keep the gradients, skip the update
@@ -212,6 +218,16 @@ def test_accumulation_is_exact(objective, normalization):
     many = _grads(objective, micro_batch=1, normalization=normalization)
     for name in one:
         assert torch.allclose(one[name], many[name], atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("objective", ["sft", "grpo"])
+def test_gradient_checkpointing_changes_no_gradient(objective):
+    kept = _grads(objective, micro_batch=2)
+    recomputed = _grads(objective, micro_batch=2, checkpointing=True)
+    assert set(kept) == set(recomputed)
+    for name in kept:
+        assert torch.allclose(kept[name], recomputed[name], atol=1e-7, rtol=1e-5), name
+    assert any(g.abs().sum() > 0 for g in kept.values())
 
 
 def test_sft_loss_is_masked_nll_and_ignores_unmasked_tokens():

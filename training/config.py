@@ -182,6 +182,13 @@ class TrainConfig(_Frozen):
     lowered the SFT loss markedly more slowly per step (2.04 -> 1.85 vs 1.71 in 6 LoRA steps,
     see the README), and its speed gain was not measurable on this loaded 2-core AMD machine;
     on CPUs with AMX (and on GPUs) measure it again."""
+    gradient_checkpointing: bool = True
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (transformers' non-reentrant checkpointing). Same loss and gradients (a unit test compares
+    them). On by default because it costs almost no time here: one SFT step of the default
+    model on 2 transcripts of 1,400 tokens, micro_batch 2, grew the process by 2.5 GB instead of
+    6.7 GB, in 23.3 s instead of 23.8 s (`python -m training.bench_memory`, BENCHMARKS.md figure
+    14); the engines share this machine's RAM. Off: a little faster where memory is plentiful."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the learner runs: "auto" takes CUDA when torch sees a GPU, else the CPU."""
     workers: int = Field(1, gt=0)

@@ -65,6 +65,10 @@ def wrap_adapter(model: Any, config: TrainConfig) -> Any:
         )
         model = get_peft_model(model, lora)
     model.config.use_cache = False
+    if config.gradient_checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # non-reentrant: works with frozen embeddings (LoRA) without forcing input grads
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
@@ -130,7 +134,14 @@ class Learner:
 
     # ---- forward --------------------------------------------------------------------------
     def logprobs(self, batch: dict[str, torch.Tensor], *, reference: bool = False) -> torch.Tensor:
-        """Per-target-token logprobs [B, T-1] under the policy (or the frozen reference)."""
+        """Per-target-token logprobs [B, T-1] under the policy (or the frozen reference) at the
+        positions whose target is trained (`loss_mask` 1); 0 at every other position, which
+        every loss multiplies by a zero weight.
+
+        The output head (49k x 576 on the default model) runs only on those positions: a
+        transcript's trained tokens are 35-45% of it (the rest is prompt, REPL output and chat
+        template), and the head's fp32 logits, their temperature-scaled copy and softmax were
+        the largest activations of a step (~1 MB a token)."""
         model = self.model
         ctx: Any = contextlib.nullcontext()
         if reference:
@@ -138,25 +149,36 @@ class Learner:
                 ctx = self.model.disable_adapter()
             else:
                 model = self._reference_model()
-        with ctx:
-            logits = self.forward_logits(model, batch["input_ids"], batch["attention_mask"])
         targets = batch["input_ids"][:, 1:]
-        return token_logprobs(logits[:, :-1], targets, batch["temperature"])
+        keep = batch["loss_mask"][:, 1:].bool()
+        temperature = batch["temperature"].view(-1, 1).expand_as(targets)[keep]
+        with ctx:
+            hidden, head = self.forward_hidden(model, batch["input_ids"], batch["attention_mask"])
+            if head is None:  # not a *ForCausalLM with .model/.lm_head: full logits, then select
+                logits = hidden[:, :-1][keep]
+            else:
+                logits = head(hidden[:, :-1][keep].float())
+        values = token_logprobs(logits.unsqueeze(1), targets[keep].unsqueeze(1), temperature)
+        rows, cols = keep.nonzero(as_tuple=True)
+        zeros = torch.zeros(targets.shape, dtype=values.dtype, device=values.device)
+        return zeros.index_put((rows, cols), values.view(-1))
 
-    def forward_logits(
+    def forward_hidden(
         self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Logits with the decoder under the configured precision and the output head in fp32:
+    ) -> tuple[torch.Tensor, Any]:
+        """(the decoder's last hidden states, the output head), the decoder under the configured
+        precision; the head is left to the caller, to run in fp32 on the positions it needs:
         bf16 logits carry ~3 significant digits (+-0.06 at a logit of 20), too coarse for an
-        importance ratio against the engine's logprobs; the head is ~20% of the FLOPs."""
+        importance ratio against the engine's logprobs; the head is ~20% of the FLOPs. A model
+        without `.model`/`.lm_head` returns its fp32 logits and None."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         decoder, head = getattr(base, "model", None), getattr(base, "lm_head", None)
-        if decoder is None or head is None:  # not a *ForCausalLM with .model/.lm_head
+        if decoder is None or head is None:
             with self._autocast():
-                return model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+                return model(input_ids=input_ids, attention_mask=attention_mask).logits.float(), None
         with self._autocast():
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return head(hidden.float())
+        return hidden, head
 
     def _reference_model(self) -> Any:
         if self.reference is None:

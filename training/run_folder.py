@@ -19,7 +19,16 @@ from typing import Any
 from rlm_env.episode import EpisodeRecord
 from training.config import TrainConfig
 
-FREE_FIELDS = ("steps", "out", "workers", "ray_address", "sync_dir", "placement_strategy", "learner_cpus")
+FREE_FIELDS = (
+    "steps",
+    "out",
+    "workers",
+    "ray_address",
+    "sync_dir",
+    "placement_strategy",
+    "learner_cpus",
+    "gradient_checkpointing",
+)
 """Fields a resumed run may change: where and how long it runs, not what it trains."""
 KILL_ENV = "RLM_TRAIN_KILL_AT"
 """Test hook: "<step>:<point>" SIGKILLs this process at that point (after_update, after_checkpoint)."""
