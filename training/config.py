@@ -178,10 +178,11 @@ class TrainConfig(_Frozen):
     was sampled."""
     precision: Literal["fp32", "bf16_autocast"] = "fp32"
     """Master weights stay fp32; "bf16_autocast" runs the decoder's matmuls in bf16 (the output
-    head, logprobs and losses stay fp32). fp32 is the default: on the same batches bf16 autocast
-    lowered the SFT loss markedly more slowly per step (2.04 -> 1.85 vs 1.71 in 6 LoRA steps,
-    see the README), and its speed gain was not measurable on this loaded 2-core AMD machine;
-    on CPUs with AMX (and on GPUs) measure it again."""
+    head, logprobs and losses stay fp32). fp32 is the default: bf16 autocast ran 2.03x faster on
+    this 2-core AMD machine but lowered the SFT loss about half as much per step on the same
+    batch (2.085 -> 2.023 vs 1.957 in 5 LoRA steps; README, "Measured here"), so per second the
+    two come out even and fp32 keeps the logprobs closest to the engine's. Measure again on GPUs
+    and AMX CPUs, where the speed gap is larger."""
     gradient_checkpointing: bool = True
     """Recompute each decoder layer's activations in the backward pass instead of keeping them
     (transformers' non-reentrant checkpointing). Same loss and gradients (a unit test compares
