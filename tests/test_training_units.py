@@ -392,26 +392,3 @@ def test_every_learner_step_runs_on_the_trainers_one_learner_thread(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3] and len(threads) == 3
     assert len(set(threads)) == 1 and threads[0].name.startswith("learner")
     assert threads[0] is not threading.main_thread()
-
-
-@pytest.mark.parametrize(
-    ("extra", "cpus", "fits"),
-    [
-        ({"workers": 2, "learner_cpus": 1.0}, 2.0, False),  # the engine's bundle has no room
-        ({"workers": 2, "learner_cpus": 0.5}, 2.0, True),
-        ({"workers": 2, "learner_cpus": 0.995, "sub_call_policy": "frozen"}, 2.0, False),  # 2 engines
-        ({"workers": 4, "learner_cpus": 1.0}, 8.0, True),
-    ],
-)
-def test_a_cluster_without_room_for_learners_and_engines_fails_at_once(tmp_path, extra, cpus, fits):
-    """2 learner workers of 1 CPU on a 2-CPU Ray leave the engine's placement group waiting out
-    its start deadline; `check_room` says so before anything starts, with the learner_cpus that fit."""
-    from training.distributed import check_room
-
-    data = {"mode": "grpo", "out": str(tmp_path), **extra}
-    config = load_train_config(data=data)
-    if fits:
-        check_room(config, cpus)
-    else:
-        with pytest.raises(SystemExit, match="learner_cpus to at most 0.99"):
-            check_room(config, cpus)

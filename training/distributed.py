@@ -118,11 +118,11 @@ def ray_cpus_needed(config: TrainConfig) -> float:
     if config.mode == "sft":
         return learner
     from rlm_env.models import EngineConfig
+    from rlm_env.models.engine_pool import replica_bundle
 
     engine = EngineConfig(**config.rollout.engine)
     engines = 2 if config.sub_call_policy == "frozen" else 1
-    # the engine pool's bundle: a token 0.01 CPU when actor_num_cpus is 0 (Ray refuses empty ones)
-    return learner + engines * engine.replicas * max(engine.actor_num_cpus, 0.01)
+    return learner + engines * engine.replicas * replica_bundle(engine)["CPU"]
 
 
 def check_room(config: TrainConfig, cluster_cpus: float) -> None:

@@ -37,6 +37,15 @@ from .config import EngineConfig
 from .vllm_engine import VLLMReplica, replica_env
 
 
+def replica_bundle(config: EngineConfig) -> dict[str, float]:
+    """The Ray resources one replica's placement-group bundle holds."""
+    # Ray refuses an all-zero bundle; a token CPU share keeps "0 CPUs" placeable.
+    bundle = {"CPU": max(config.actor_num_cpus, 0.01)}
+    if config.gpus_per_replica:
+        bundle["GPU"] = config.gpus_per_replica
+    return bundle
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Start a local Ray instance unless one is already up (idempotent)."""
     import ray
@@ -119,11 +128,7 @@ class VLLMRayClient:
         slot.ready = slot.actor.start.remote(self._weights_path, self.weight_version, self.checkpoint)
 
     def _bundle(self) -> dict[str, float]:
-        # Ray refuses an all-zero bundle; a token CPU share keeps "0 CPUs" placeable.
-        bundle = {"CPU": max(self.config.actor_num_cpus, 0.01)}
-        if self.config.gpus_per_replica:
-            bundle["GPU"] = self.config.gpus_per_replica
-        return bundle
+        return replica_bundle(self.config)
 
     def _scheduling(self, slot: _Slot) -> Any:
         if self._placement is None:
